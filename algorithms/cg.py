@@ -47,12 +47,16 @@ def conjugate_gradient(
     r = b - apply_A(x) if x0 is not None else b.clone()
     p = r.clone()
     rs_old = _dot(r, r)
+    # Below this residual the iterates only accumulate rounding error (and drift on rank-deficient
+    # systems), so further updates are frozen without a host-device synchronisation.
+    rs_floor = rs_old * (64 * torch.finfo(b.dtype).eps) ** 2
     b_norm = torch.sqrt(_dot(b, b)) if tol > 0 else None
     for k in range(n_iter):
         Ap = apply_A(p)
         pAp = _dot(p, Ap)
         # A vanishing curvature means p is (numerically) in the null space: take no step.
-        alpha = torch.where(pAp > 0, rs_old / torch.where(pAp > 0, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
+        active = (pAp > 0) & (rs_old > rs_floor)
+        alpha = torch.where(active, rs_old / torch.where(pAp > 0, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
         x = x + alpha.to(x.dtype) * p
         r = r - alpha.to(r.dtype) * Ap
         rs_new = _dot(r, r)
@@ -60,7 +64,7 @@ def conjugate_gradient(
             callback(k, x, r)
         if tol > 0 and float(torch.sqrt(rs_new)) <= tol * float(b_norm):
             break
-        beta = torch.where(rs_old > 0, rs_new / torch.where(rs_old > 0, rs_old, torch.ones_like(rs_old)), torch.zeros_like(rs_old))
+        beta = torch.where(active, rs_new / torch.where(rs_old > 0, rs_old, torch.ones_like(rs_old)), torch.zeros_like(rs_old))
         p = r + beta.to(r.dtype) * p
-        rs_old = rs_new
+        rs_old = torch.where(active, rs_new, rs_old)
     return x

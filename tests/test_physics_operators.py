@@ -1,0 +1,232 @@
+"""Operators of physics/ and algorithms/tv.py: exact adjoints, pseudo-inverses, geometry and views."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from algorithms import tv
+from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, cgls, select_views, sirt
+
+
+def _cone(shape, det, views=None, **kw):
+    geometry = ConeBeamGeometry(volume_shape=shape, det_rows=det[0], det_cols=det[1], **kw)
+    return ConeBeamCT(geometry, views=views, backend="torch")
+
+
+class _Full:
+    """A_full / A_full_adjoint seen as an operator of their own."""
+
+    def __init__(self, op):
+        self.A, self.A_adjoint = op.A_full, op.A_full_adjoint
+
+
+class _Diff:
+    def __init__(self, axis):
+        self.A = lambda x: tv.diff(x, axis)
+        self.A_adjoint = lambda g: tv.diff_adjoint(g, axis)
+
+
+class _Gradient:
+    def __init__(self, axes):
+        self.A = lambda x: tv.gradient(x, axes)
+        self.A_adjoint = lambda g: tv.gradient_adjoint(g, axes)
+
+
+# name -> (operator factory, domain shape)
+OPERATORS = {
+    "cone_odd_shape_7views": (lambda: _cone((5, 7, 9), (5, 11), views=select_views("SVCT", 7)), (5, 1, 7, 9)),
+    # Short distances give a wide cone, so x- and y-dominant rays meet in one view (45 degrees).
+    "cone_wide_cone_mixed_axes": (
+        lambda: _cone(
+            (6, 8, 7),
+            (16, 24),
+            source_distance=20.0,
+            detector_distance=15.0,
+            angles=[0.0, math.pi / 4, 1.0, 2.5, 4.0],
+        ),
+        (6, 1, 8, 7),
+    ),
+    "cone_voxel_size": (lambda: _cone((4, 6, 6), (8, 12), voxel_size=0.7, angles=[0.3, 1.9]), (4, 1, 6, 6)),
+    "cone_full_views": (
+        lambda: _Full(_cone((3, 5, 4), (4, 8), angles=torch.linspace(0, 6, 11), views=torch.tensor([2, 5]))),
+        (3, 1, 5, 4),
+    ),
+    "zsr_f2_axis2": (lambda: ZAxisSuperResolution(2, axis=2), (3, 1, 8, 5)),
+    "zsr_f3_axis2_partial": (lambda: ZAxisSuperResolution(3, axis=2, length=10), (2, 1, 10, 4)),
+    "zsr_f4_axis0_partial": (lambda: ZAxisSuperResolution(4, axis=0, length=7), (7, 1, 3, 5)),
+    "zsr_f5_axis_last": (lambda: ZAxisSuperResolution(5, axis=-1), (2, 1, 3, 15)),
+    "diff_axis0": (lambda: _Diff(0), (5, 1, 4, 6)),
+    "diff_axis3": (lambda: _Diff(3), (5, 1, 4, 6)),
+    "gradient_xyz": (lambda: _Gradient((0, 2, 3)), (5, 1, 4, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_adjointness(name, gen):
+    make, shape = OPERATORS[name]
+    op = make()
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    ax = op.A(x)
+    y = torch.rand(ax.shape, generator=gen, dtype=torch.float64)
+    lhs = torch.sum(ax * y)
+    rhs = torch.sum(x * op.A_adjoint(y))
+    assert ax.abs().max() > 0
+    assert abs(float(lhs - rhs)) / float(ax.norm() * y.norm()) < 1e-5
+
+
+def test_cone_layouts_agree_and_bad_shape_is_rejected(gen):
+    op = _cone((4, 5, 6), (6, 10), angles=[0.0, 1.0, 2.0])
+    x = torch.rand(4, 1, 5, 6, generator=gen)
+    y = op.A(x)
+    assert y.shape == (3, 6, 10)
+    torch.testing.assert_close(op.A(x[:, 0]), y)
+    torch.testing.assert_close(op.A(x[:, 0][None]), y)
+    assert op.A_adjoint(y).shape == (4, 1, 5, 6)
+    with pytest.raises(ValueError, match=r"\[D,1,H,W\]"):
+        op.A(torch.rand(4, 1, 6, 5))
+    with pytest.raises(ValueError, match="projections"):
+        op.A_adjoint(torch.rand(2, 6, 10))
+    with pytest.raises(TypeError, match="float16"):
+        op.A(x.half())
+
+
+def test_cone_dagger_decreases_least_squares_residual(gen):
+    op = _cone((4, 6, 6), (8, 12), angles=torch.linspace(0, math.pi, 5))
+    y = op.A(torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64))
+    y = y + 0.1 * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    data_residuals, normal_residuals = [], []
+
+    def record(k, x, r):
+        data_residuals.append(float((op.A(x) - y).norm()))
+        normal_residuals.append(float(r.norm()))
+
+    op.A_dagger(y, n_iter=8, callback=record)
+    # CG on the normal equations minimises |A x - y| over growing Krylov spaces: monotone by theory.
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(data_residuals, data_residuals[1:]))
+    assert normal_residuals[-1] < 1e-2 * float(op.A_adjoint(y).norm())
+
+
+def test_sirt_and_cgls_fit_consistent_data(gen):
+    op = _cone((4, 6, 6), (8, 12), angles=torch.linspace(0, 2 * math.pi, 12)[:-1])
+    truth = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = op.A(truth)
+    start = float(y.norm())
+    for x in (sirt(op, y, 50), cgls(op, y, 20)):
+        assert float((op.A(x) - y).norm()) < 0.05 * start
+    assert sirt(op, -y, 3).min() >= 0
+    assert sirt(op, -y, 3, nonneg=False).min() < 0
+
+
+@pytest.mark.parametrize("factor,axis,length", [(2, 2, 8), (3, 2, 10), (4, 0, 7), (5, -1, 15), (7, 3, 9)])
+def test_zsr_pseudo_inverse_and_decoupling(factor, axis, length, gen):
+    op = ZAxisSuperResolution(factor, axis=axis, length=length)
+    shape = [3, 1, 4, 6]
+    shape[axis] = length
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = op.A(x)
+    assert y.shape[axis] == math.ceil(length / factor)
+    torch.testing.assert_close(op.A(op.A_dagger(y)), y)
+    # A_dagger is the pseudo-inverse: A^+ A is the orthogonal projector onto the row space.
+    p = op.A_dagger(op.A(x))
+    torch.testing.assert_close(op.A_dagger(op.A(p)), p)
+    torch.testing.assert_close(torch.sum((x - p) * p), torch.tensor(0.0, dtype=torch.float64))
+    c = op.decouple(x)
+    torch.testing.assert_close(op.couple(c), x)
+    torch.testing.assert_close(c.norm(), x.norm())
+    # Coefficient 0 of each group is sqrt(group size) times the group mean, i.e. what A sees.
+    sizes = torch.tensor([min(factor, length - s) for s in range(0, length, factor)], dtype=torch.float64)
+    view = [1] * x.dim()
+    view[axis] = -1
+    firsts = c.index_select(axis, torch.arange(0, length, factor))
+    torch.testing.assert_close(firsts, y * sizes.sqrt().view(view))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 8])
+def test_decouple_matrix_is_orthonormal_with_constant_first_vector(factor):
+    q = ZAxisSuperResolution(factor).decouple_matrix()
+    torch.testing.assert_close(q @ q.T, torch.eye(factor, dtype=torch.float64))
+    torch.testing.assert_close(q[:, 0], torch.full((factor,), factor**-0.5, dtype=torch.float64))
+    torch.testing.assert_close(q[0, :], torch.full((factor,), factor**-0.5, dtype=torch.float64))
+
+
+def test_zsr_errors():
+    with pytest.raises(ValueError, match="factor"):
+        ZAxisSuperResolution(1)
+    with pytest.raises(ValueError, match="not divisible"):
+        ZAxisSuperResolution(3).A(torch.zeros(1, 1, 10, 4))
+    with pytest.raises(ValueError, match="expected 10"):
+        ZAxisSuperResolution(3, length=10).A(torch.zeros(1, 1, 9, 4))
+    with pytest.raises(ValueError, match="out of range"):
+        ZAxisSuperResolution(2, axis=5).A(torch.zeros(1, 1, 4, 4))
+
+
+def test_tv_shrinkage():
+    v = torch.tensor([[3.0, -0.5, 0.0], [4.0, 0.2, -1.0]])
+    torch.testing.assert_close(tv.soft_threshold(v, 1.0), torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+    # Column norms 5, ~0.54, 1: the first shrinks to norm 4, the others vanish.
+    torch.testing.assert_close(tv.shrink_isotropic(v, 1.0), torch.tensor([[2.4, 0.0, 0.0], [3.2, 0.0, 0.0]]))
+    x = torch.zeros(4, 1, 3, 3)
+    x[2:] = 1.0
+    assert float(tv.tv_norm(x, kind="anisotropic")) == pytest.approx(9.0)
+
+
+def test_select_views():
+    assert select_views("LACT", 90).tolist() == list(range(90))
+    assert select_views("LACT", 360).numel() == 360
+    assert select_views("LACT", 0.5).tolist() == [0]
+    assert select_views("SVCT", 20).tolist() == list(range(0, 360, 18))
+    assert select_views("SVCT", 1).tolist() == [0]
+    assert select_views("SVCT", 7).tolist() == [0, 51, 102, 154, 205, 257, 308]
+    assert select_views("SVCT", 360).tolist() == list(range(360))
+    for task, degree, message in [
+        ("LACT", 0, r"\(0, 360\]"),
+        ("LACT", 361, r"\(0, 360\]"),
+        ("LACT", 0.1, "keeps no view"),
+        ("SVCT", 0, r"\[1, 360\]"),
+        ("SVCT", 361, r"\[1, 360\]"),
+        ("SVCT", 2.5, "integer"),
+        ("CT", 90, "LACT"),
+        ("SVCT", float("nan"), "finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            select_views(task, degree)
+
+
+def test_geometry_defaults_and_validation():
+    g = ConeBeamGeometry(volume_shape=(256, 256, 256))
+    assert (g.det_rows, g.det_cols, g.det_spacing, g.source_distance, g.detector_distance) == (
+        512,
+        512,
+        2.0,
+        700.0,
+        500.0,
+    )
+    assert g.num_views == 360 and g.angles[1] == pytest.approx(2 * math.pi / 360)
+    assert ConeBeamGeometry.for_volume((256, 256, 256)) == g
+    small = ConeBeamGeometry.for_volume((128, 128, 128), num_views=90)
+    assert (small.det_rows, small.det_cols, small.det_spacing, small.num_views) == (256, 256, 2.0, 90)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.voxel_size = 2.0
+    bad = [
+        dict(volume_shape=(0, 4, 4)),
+        dict(volume_shape=(4, 4)),
+        dict(volume_shape=(4, 4, 4), voxel_size=-1.0),
+        dict(volume_shape=(4, 4, 4), det_spacing=0.0),
+        dict(volume_shape=(4, 4, 4), source_distance=float("inf")),
+        dict(volume_shape=(4, 4, 4), angles=[]),
+        dict(volume_shape=(4, 4, 4), angles=[0.0, float("nan")]),
+        dict(volume_shape=(4, 4, 4), det_rows=0),
+        dict(volume_shape=(256, 256, 256), det_cols=100),
+        dict(volume_shape=(4, 400, 400), source_distance=100.0),
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            ConeBeamGeometry(**kwargs)
+    with pytest.raises(TypeError):
+        ConeBeamGeometry((4, 4, 4))
+    with pytest.raises(ValueError, match="views"):
+        ConeBeamCT(g, views=torch.tensor([360]))
+    with pytest.raises(ValueError, match="backend"):
+        ConeBeamCT(g, backend="cuda")
