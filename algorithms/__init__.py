@@ -1,0 +1,45 @@
+"""Reconstruction algorithms: the sampler, data consistency, re-noising, noise sources, solvers.
+
+Public entry points: :func:`reconstruct` (what the entry scripts call), :func:`sample` (the one
+sampler loop), :func:`get_sigmas`, the data-consistency steps :class:`DDSConsistency` and
+:class:`DDNMConsistency`, the registries ``METHODS``, ``RENOISE`` and ``NOISE_SOURCES``, and the
+one conjugate-gradient solver :func:`conjugate_gradient` and the ADMM-TV baseline :func:`admm_tv`.
+"""
+
+from .admm_tv import admm_tv
+from .cg import conjugate_gradient
+from .consistency import DDNMConsistency, DDSConsistency
+from .noise import (
+    NOISE_ALIASES,
+    NOISE_SOURCES,
+    Ar1Noise,
+    IidNoise,
+    IscsNoise,
+    SharedNoise,
+    iscs_angles,
+    make_noise,
+)
+from .renoise import RENOISE, EtaRenoise, make_renoise
+from .sampler import METHODS, get_sigmas, reconstruct, sample
+
+__all__ = [
+    "admm_tv",
+    "conjugate_gradient",
+    "DDSConsistency",
+    "DDNMConsistency",
+    "NOISE_SOURCES",
+    "NOISE_ALIASES",
+    "IidNoise",
+    "IscsNoise",
+    "SharedNoise",
+    "Ar1Noise",
+    "iscs_angles",
+    "make_noise",
+    "RENOISE",
+    "EtaRenoise",
+    "make_renoise",
+    "METHODS",
+    "get_sigmas",
+    "reconstruct",
+    "sample",
+]

@@ -1,0 +1,143 @@
+"""Data-consistency steps of the sampler: callables ``consistency(x0, sigma) -> x``.
+
+``x0`` is the denoised slice stack at noise level ``sigma`` (a python float or 0-d tensor); the
+result agrees (better) with the measurement ``y = A x``. Operators follow the physics interface:
+``A``, ``A_adjoint`` (the true adjoint) and ``A_dagger`` (pseudo-inverse).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Union
+
+import torch
+
+from .cg import conjugate_gradient
+from .tv import diff, diff_adjoint, soft_threshold
+
+Sigma = Union[float, torch.Tensor]
+
+
+class DDSConsistency:
+    """DDS data consistency (Chung et al., ICLR 2024): a few CG steps from the denoised estimate.
+
+    Solves ``(A^T A + rho I) x = A^T y + rho x0`` with ``rho = w_tik / sigma^2`` by ``num_cg``
+    iterations of conjugate gradients started at ``x0``; with ``w_tik = 0`` this is CG on the
+    normal equations, whose few iterations from ``x0`` keep ``x`` close to the prior's estimate.
+
+    With ``w_dz > 0`` it is the DDS+TV variant (as in DiffusionMBIR and DDS), which adds a TV
+    penalty along the slice axis:
+    ``min_x 1/2 |A x - y|^2 + rho/2 |x - x0|^2 + w_dz |D_z x|_1``, solved by ``admm_iter``
+    iterations of ADMM on the split ``v = D_z x`` with penalty ``rho_admm``: the x-update is
+    ``num_cg`` CG iterations on ``(A^T A + rho I + rho_admm D_z^T D_z) x = A^T y + rho x0 +
+    rho_admm D_z^T (v - u)``, then ``v = shrink(D_z x + u, w_dz / rho_admm)`` and
+    ``u += D_z x - v``. ADMM starts from ``x = x0``, ``v = D_z x0``, ``u = 0`` at every call.
+
+    Args:
+        op: the forward operator (``A``, ``A_adjoint``).
+        y: the measurement; ``A^T y`` is computed once here.
+        num_cg: CG iterations per solve (>= 0).
+        w_tik: proximal weight (>= 0); ``rho = w_tik / sigma^2``.
+        w_dz: TV weight lambda along the slice axis (>= 0; 0 turns TV off).
+        rho_admm: ADMM penalty (> 0), in the units of ``A^T A`` (the default 10 is DiffusionMBIR's;
+            scale it with ``||A||^2`` for an operator of another scale).
+        admm_iter: ADMM iterations per call (>= 1), each costing ``num_cg`` CG iterations.
+        tv_dim: the slice axis of the stack (0: the axial slices of a CBCT stack [D, 1, H, W]).
+    """
+
+    def __init__(
+        self,
+        op,
+        y: torch.Tensor,
+        num_cg: int,
+        w_tik: float = 0.0,
+        w_dz: float = 0.0,
+        rho_admm: float = 10.0,
+        admm_iter: int = 2,
+        tv_dim: int = 0,
+    ):
+        if isinstance(num_cg, bool) or not isinstance(num_cg, int) or num_cg < 0:
+            raise ValueError(f"num_cg must be an integer >= 0, got {num_cg!r}")
+        if not w_tik >= 0 or not w_dz >= 0:
+            raise ValueError(f"w_tik and w_dz must be >= 0, got w_tik={w_tik}, w_dz={w_dz}")
+        if not rho_admm > 0:
+            raise ValueError(f"rho_admm must be > 0, got {rho_admm}")
+        if isinstance(admm_iter, bool) or not isinstance(admm_iter, int) or admm_iter < 1:
+            raise ValueError(f"admm_iter must be an integer >= 1, got {admm_iter!r}")
+        self.op = op
+        self.num_cg = num_cg
+        self.w_tik = float(w_tik)
+        self.w_dz = float(w_dz)
+        self.rho_admm = float(rho_admm)
+        self.admm_iter = admm_iter
+        self.tv_dim = tv_dim
+        self.aty = op.A_adjoint(y)
+
+    def _normal(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.A_adjoint(self.op.A(v))
+
+    def __call__(self, x0: torch.Tensor, sigma: Sigma) -> torch.Tensor:
+        """Pull the denoised stack ``x0`` [N, 1, h, w] at level ``sigma`` towards the data."""
+        if self.w_tik > 0:
+            rho = self.w_tik / sigma**2
+
+            def apply(v):
+                return self._normal(v) + rho * v
+
+            rhs = self.aty + rho * x0
+        else:
+            apply, rhs = self._normal, self.aty
+        if self.w_dz == 0.0:
+            return conjugate_gradient(apply, rhs, x0=x0, n_iter=self.num_cg)
+        return self._admm_tv(apply, rhs, x0)
+
+    def _admm_tv(self, apply, rhs: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        dim, rho_admm = self.tv_dim, self.rho_admm
+
+        def apply_split(v):
+            return apply(v) + rho_admm * diff_adjoint(diff(v, dim), dim)
+
+        x = x0
+        split = diff(x0, dim)
+        dual = torch.zeros_like(split)
+        for _ in range(self.admm_iter):
+            b = rhs + rho_admm * diff_adjoint(split - dual, dim)
+            x = conjugate_gradient(apply_split, b, x0=x, n_iter=self.num_cg)
+            dx = diff(x, dim)
+            split = soft_threshold(dx + dual, self.w_dz / rho_admm)
+            dual = dual + dx - split
+        return x
+
+
+def _takes_keyword(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class DDNMConsistency:
+    """DDNM data consistency (Wang et al., ICLR 2023): ``x0 + A_dagger(y - A x0)``.
+
+    The range-space part of ``x0`` is replaced by the one the data fix, its null-space part is
+    kept. For an exact ``A_dagger`` the result satisfies ``A x = y`` (for consistent ``y``).
+
+    Args:
+        op: the forward operator (``A``, ``A_dagger``).
+        y: the measurement.
+        n_iter: iteration count handed to an iterative ``A_dagger`` (one that takes ``n_iter``,
+            e.g. the CT least-squares solve); ignored by a closed-form one, and None keeps the
+            operator's default.
+    """
+
+    def __init__(self, op, y: torch.Tensor, n_iter: Optional[int] = None):
+        self.op = op
+        self.y = y
+        self.dagger_kwargs = (
+            {"n_iter": n_iter} if n_iter is not None and _takes_keyword(op.A_dagger, "n_iter") else {}
+        )
+
+    def __call__(self, x0: torch.Tensor, sigma: Sigma) -> torch.Tensor:
+        """Project the denoised stack ``x0`` [N, 1, h, w] onto the data (``sigma`` is not used)."""
+        return x0 + self.op.A_dagger(self.y - self.op.A(x0), **self.dagger_kwargs)
