@@ -11,13 +11,23 @@ through ``grid_sample``, whose input gradient is the transposed scatter; rays th
 and planes a ray cannot touch are skipped; blocks of ``SAMPLE_BUDGET`` samples bound the memory)
 and Triton kernels (CUDA, float32; the adjoint scatters with atomic adds), chosen by
 ``backend="auto"`` when a CUDA float32 tensor comes and Triton imports.
+
+On CPU the torch backend caches, per operator, view set (kept or all views) and dtype, a
+:class:`SamplingPlan`: the same weights as two sparse matrices, built on first use and applied with
+scipy in a few threads, 15-30x faster than sampling anew at the CPU demo's size. A plan is kept
+only if it fits the operator's ``plan_budget`` bytes (``PLAN_BUDGET`` by default); a larger one is
+not built and that view set is sampled on the fly as above, as are inputs that require grad.
+Without scipy the on-the-fly path runs, with one warning.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,8 +35,15 @@ from physics.geometry import ConeBeamGeometry
 
 # Samples per torch block: 2M samples keep a block's grid and temporaries near 100 MB.
 SAMPLE_BUDGET = 1 << 21
+# Samples whose plan entries are computed at once: small enough for the temporaries to stay in cache.
+PLAN_BLOCK = 1 << 16
 # Rays whose geometry is prepared at once by the torch backend.
 RAY_BUDGET = 1 << 20
+# Bytes one cached sampling plan may take by default: 1 GiB holds the 90 views of a 32x128x128
+# volume on its 256x256 demo detector (about 0.56 GB in float32), not its 360 (about 2.2 GB).
+PLAN_BUDGET = 1 << 30
+# A plan is split into about this many pieces of consecutive views, applied in parallel threads.
+PLAN_PIECES = 8
 
 
 def index_space_vectors(geometry: ConeBeamGeometry, views: Optional[torch.Tensor]) -> torch.Tensor:
@@ -169,6 +186,263 @@ def _torch_adjoint(proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size
     return out * voxel_size
 
 
+# ---------------------------------------------------------------- cached sampling plan (CPU)
+
+
+class _Columns(NamedTuple):
+    """In-plane layout of the (view, detector column) pairs of some views, n = views * cols of them.
+
+    Detector rows step along z only, so all rays of one column cross the same in-plane voxels.
+    """
+
+    coord: torch.Tensor  # [n, K] in-plane coordinate a on plane k < K = max(H, W)
+    inside: torch.Tensor  # [n, K] -1 < a < size along a, and k a plane of the volume
+    xdom: torch.Tensor  # [n] x-dominant
+    first: torch.Tensor  # [n] first inside plane (inside planes are consecutive: a is monotone in k)
+    count: torch.Tensor  # [n] number of inside planes
+
+
+class _Rays(NamedTuple):
+    """The r rays of some views that sample the volume: which planes they sample, and their z lines."""
+
+    total: int  # number of rays of the views, hitting or not
+    index: torch.Tensor  # [r] position in (view, row, column) order
+    column: torch.Tensor  # [r] index of its (view, column) pair
+    first: torch.Tensor  # [r] first sampled plane (float64, integer valued)
+    count: torch.Tensor  # [r] number of sampled planes
+    z0: torch.Tensor  # [r] slice coordinate on plane k is z0 + k rz
+    rz: torch.Tensor
+    length: torch.Tensor  # [r] ray length per plane, in voxels
+
+
+def _columns(vecs: torch.Tensor, cols: int, vol_shape) -> _Columns:
+    """The (view, column) pairs of the views of ``vecs``, view-major."""
+    _, height, width = vol_shape
+    a0, ra, _, _, _, xdom = _ray_params(vecs, (1, cols), vol_shape)
+    k = torch.arange(max(height, width), dtype=vecs.dtype)
+    coord = a0[:, None] + k * ra[:, None]
+    size_a = torch.where(xdom, height, width)[:, None]
+    n_planes = torch.where(xdom, width, height)[:, None]
+    inside = (coord > -1) & (coord < size_a) & (k < n_planes)
+    count = inside.sum(1)
+    first = torch.where(count > 0, inside.to(torch.uint8).argmax(1), 0)
+    return _Columns(coord, inside, xdom, first, count)
+
+
+def _rays(vecs: torch.Tensor, det_shape, vol_shape, columns: _Columns) -> _Rays:
+    """A ray samples the inside planes of its column where its slice coordinate lies in (-1, D)."""
+    rows, cols = det_shape
+    _, _, z0, rz, length, _ = _ray_params(vecs, det_shape, vol_shape)
+    column = (torch.arange(vecs.shape[0])[:, None, None] * cols + torch.arange(cols)).expand(-1, rows, -1)
+    column = column.reshape(-1)
+    safe = torch.where(rz.abs() > 1e-12, rz, torch.full_like(rz, 1e-12))
+    t1, t2 = (-1.0 - z0) / safe, (vol_shape[0] - z0) / safe
+    col_first = columns.first[column].to(z0.dtype)
+    first = torch.maximum(torch.floor(torch.minimum(t1, t2)) + 1, col_first)
+    last = torch.minimum(torch.ceil(torch.maximum(t1, t2)) - 1, col_first + columns.count[column] - 1)
+    count = (last - first + 1).clamp_min(0).long()
+    index = torch.nonzero(count).squeeze(1)
+    kept = (column, first, count, z0, rz, length)
+    return _Rays(count.numel(), index, *(t.index_select(0, index) for t in kept))
+
+
+def _index_dtype(largest: int) -> torch.dtype:
+    """Index type of a sparse matrix whose shape, entry count and indices reach at most ``largest``."""
+    return torch.int32 if largest < 2**31 else torch.int64
+
+
+def _along_z_nbytes(n_rays: int, n_planes: int, n_samples: int, depth: int, dtype: torch.dtype) -> int:
+    """Bytes of the stage-2 matrix that :func:`_along_z_matrix` builds (2 entries per sample)."""
+    index = _index_dtype(max(n_rays, 2 * n_samples, n_planes * (depth + 2))).itemsize
+    return 2 * n_samples * (dtype.itemsize + index) + (n_rays + 1) * index
+
+
+def _csr(data: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor, shape: Tuple[int, int]):
+    """scipy CSR matrix of rows with ``counts`` entries each, sharing the tensors' memory."""
+    import scipy.sparse
+
+    indptr = torch.zeros(shape[0] + 1, dtype=indices.dtype)
+    torch.cumsum(counts, 0, out=indptr[1:])
+    return scipy.sparse.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=shape)
+
+
+def _in_plane_matrix(columns: _Columns, vol_shape, dtype: torch.dtype):
+    """Stage 1, [planes, H*W]: on each inside plane of each column, its two in-plane bilinear weights."""
+    _, height, width = vol_shape
+    cell, k = torch.nonzero(columns.inside, as_tuple=True)
+    coord = columns.coord[cell, k]
+    low = torch.floor(coord)
+    frac = coord - low
+    pair = torch.stack([low, low + 1], 1).long()
+    valid = (pair >= 0) & (pair < torch.where(columns.xdom[cell], height, width)[:, None])
+    voxel = torch.where(columns.xdom[cell, None], pair * width + k[:, None], k[:, None] * width + pair)
+    weights = torch.stack([1 - frac, frac], 1)
+    index = _index_dtype(max(2 * k.numel(), height * width))
+    return _csr(weights[valid].to(dtype), voxel[valid].to(index), valid.sum(1), (k.numel(), height * width))
+
+
+def _along_z_matrix(columns: _Columns, rays: _Rays, depth: int, scale: float, dtype: torch.dtype):
+    """Stage 2, [rays, planes*(D+2)]: each ray's linear weights in z on its planes, times its length.
+
+    Stage 1's output has D+2 entries per plane, slices -1..D with the outer two zero, so a sample
+    in (-1, D) has both neighbours there; clamping keeps samples that rounding puts on the border.
+    """
+    n_rays, n_planes = rays.total, int(columns.count.sum())
+    ends = torch.cumsum(rays.count, 0)
+    n_samples = int(rays.count.sum())
+    index = _index_dtype(max(n_rays, 2 * n_samples, n_planes * (depth + 2)))
+    data = torch.empty(n_samples, 2, dtype=dtype)
+    indices = torch.empty(n_samples, 2, dtype=index)
+    # Per ray: row of its column's plane 0 in stage 1's output; the plane of sample s of the piece is
+    # s + shift (float64 is exact for these integers).
+    plane_row = (torch.cumsum(columns.count, 0) - columns.count - columns.first)[rays.column].double()
+    shift = rays.first - (ends - rays.count)
+    weight = rays.length * scale
+    bounds = torch.searchsorted(ends, torch.arange(0, n_samples, PLAN_BLOCK), right=True).tolist()
+    for r0, r1 in zip(bounds, bounds[1:] + [rays.count.numel()], strict=True):
+        s0, s1 = int(ends[r0] - rays.count[r0]), int(ends[r1 - 1])
+        ray = torch.repeat_interleave(torch.arange(r0, r1), rays.count[r0:r1], output_size=s1 - s0)
+        k = torch.arange(s0, s1, dtype=torch.float64).add_(shift.index_select(0, ray))
+        z = rays.z0.index_select(0, ray).addcmul_(k, rays.rz.index_select(0, ray))
+        low = torch.floor(z).clamp_(-1, depth - 1)
+        frac = z.sub_(low).clamp_(0, 1)
+        w = weight.index_select(0, ray)
+        data[s0:s1, 1] = frac * w
+        data[s0:s1, 0] = frac.neg_().add_(1).mul_(w)
+        col = plane_row.index_select(0, ray).add_(k).mul_(depth + 2).add_(low).add_(1)
+        indices[s0:s1, 0] = col
+        indices[s0:s1, 1] = col.add_(1)
+    entries = torch.zeros(n_rays, dtype=torch.long).index_copy_(0, rays.index, 2 * rays.count)
+    return _csr(data.view(-1), indices.view(-1), entries, (n_rays, n_planes * (depth + 2)))
+
+
+class _PlanPiece:
+    """The two stages of a few consecutive views, and the slice of the flat projections they fill."""
+
+    def __init__(self, in_plane, along_z, first_ray: int) -> None:
+        self.in_plane = in_plane
+        self.along_z = along_z
+        self.rays = slice(first_ray, first_ray + along_z.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for m in (self.in_plane, self.along_z) for a in (m.data, m.indices, m.indptr))
+
+
+def _map_pieces(fn: Callable, pieces: List[_PlanPiece]) -> Iterator:
+    """``fn(piece)`` for each piece, in order, run on torch's CPU threads (scipy releases the GIL)."""
+    workers = min(torch.get_num_threads(), len(pieces))
+    if workers <= 1:
+        yield from map(fn, pieces)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(fn, pieces)
+
+
+class SamplingPlan:
+    """The torch path's Joseph weights of one set of views as cached sparse matrices (CPU, scipy).
+
+    All rays of one view and detector column cross the same in-plane voxels (detector rows step
+    along z only), so the weight of a sample, bilinear in (in-plane coordinate a, slice z), factors
+    into two stages:
+
+    1. ``P = M X``: X is the volume as [H*W, D+2] columns along z (zero-padded by one slice at
+       each end); row (view, column, plane k) of M holds the two in-plane weights of a on plane k.
+    2. ``y = Z vec(P)``: row (view, row, column) of Z holds, for each plane the ray samples, its two
+       linear weights in z times the ray length per plane and the voxel size.
+
+    ``A^T`` applies ``M^T`` after ``Z^T``, so it is the exact transpose of ``A``; the sums run in
+    another order than the on-the-fly path's, so results agree with it to rounding. Weights are
+    computed in float64 and stored in the plan's dtype, indices as int32 (int64 past 2^31). The
+    views are split into pieces of consecutive views applied in parallel threads; a piece's P is a
+    temporary. The memory is 16 bytes (float32; 24 for float64) per sample of a ray on a plane,
+    about 0.56 GB for 90 views of a 32x128x128 volume on its 256x256 demo detector.
+
+    Build with :meth:`build`; ``nbytes`` is the memory held.
+    """
+
+    def __init__(self, pieces: List[_PlanPiece], vol_shape: Tuple[int, int, int], dtype: torch.dtype):
+        self.pieces = pieces
+        self.vol_shape = vol_shape
+        self.dtype = dtype
+
+    @classmethod
+    def build(
+        cls,
+        vecs: torch.Tensor,
+        det_shape: Tuple[int, int],
+        vol_shape: Tuple[int, int, int],
+        voxel_size: float,
+        dtype: torch.dtype,
+        budget: int,
+    ) -> Optional["SamplingPlan"]:
+        """The plan of the views of ``vecs`` (:func:`index_space_vectors`), or None if over ``budget`` bytes.
+
+        The size is counted before anything is built, so an oversized plan costs one pass over
+        the rays' geometry.
+        """
+        vecs = vecs.detach().to(device="cpu", dtype=torch.float64)
+        rows, cols = det_shape
+        depth = vol_shape[0]
+        n_views = vecs.shape[0]
+        per_piece = max(1, min(RAY_BUDGET // (rows * cols), math.ceil(n_views / PLAN_PIECES)))
+        starts = range(0, n_views, per_piece)
+        # Size every piece before building stage 2, the bulk, so an oversized plan stops early.
+        stage1, nbytes = [], 0
+        for v0 in starts:
+            chunk = vecs[v0 : v0 + per_piece]
+            columns = _columns(chunk, cols, vol_shape)
+            rays = _rays(chunk, det_shape, vol_shape, columns)
+            in_plane = _in_plane_matrix(columns, vol_shape, dtype)
+            stage1.append((in_plane, columns._replace(coord=None, inside=None), rays))
+            nbytes += sum(a.nbytes for a in (in_plane.data, in_plane.indices, in_plane.indptr))
+            n_samples = int(rays.count.sum())
+            nbytes += _along_z_nbytes(rays.total, int(columns.count.sum()), n_samples, depth, dtype)
+            if nbytes > budget:
+                return None
+        pieces = []
+        for v0, (in_plane, columns, rays) in zip(starts, stage1, strict=True):
+            along_z = _along_z_matrix(columns, rays, depth, voxel_size, dtype)
+            pieces.append(_PlanPiece(in_plane, along_z, v0 * rows * cols))
+        return cls(pieces, vol_shape, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the plan's matrices."""
+        return sum(piece.nbytes for piece in self.pieces)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """Project a CPU volume [D, H, W] of the plan's dtype: flat projections [V * rows * cols]."""
+        depth, height, width = self.vol_shape
+        padded = torch.zeros(height, width, depth + 2, dtype=self.dtype)
+        padded[:, :, 1:-1] = volume.permute(1, 2, 0)
+        columns = padded.view(height * width, depth + 2).numpy()
+        out = np.empty(self.pieces[-1].rays.stop, dtype=columns.dtype)
+
+        def project(piece: _PlanPiece) -> np.ndarray:
+            return piece.along_z @ (piece.in_plane @ columns).reshape(-1)
+
+        for piece, values in zip(self.pieces, _map_pieces(project, self.pieces), strict=True):
+            out[piece.rays] = values
+        return torch.from_numpy(out)
+
+    def adjoint(self, proj: torch.Tensor) -> torch.Tensor:
+        """Transpose of :meth:`forward`: CPU projections (any shape, V * rows * cols entries) -> [D, H, W]."""
+        depth, height, width = self.vol_shape
+        flat = proj.reshape(-1).numpy()
+
+        def backproject(piece: _PlanPiece) -> np.ndarray:
+            return piece.in_plane.T @ (piece.along_z.T @ flat[piece.rays]).reshape(-1, depth + 2)
+
+        # Summed in piece order, so the result does not depend on the number of threads.
+        grads = _map_pieces(backproject, self.pieces)
+        total = next(grads)
+        for grad in grads:
+            total += grad
+        volume = torch.from_numpy(total).view(height, width, depth + 2)[:, :, 1:-1]
+        return volume.permute(2, 0, 1).contiguous()
+
+
 def _triton_forward(volume, vecs, det_shape, voxel_size):
     from physics import _cone_triton
 
@@ -187,20 +461,21 @@ BACKENDS: Dict[str, Tuple[Callable, Callable]] = {
     "triton": (_triton_forward, _triton_adjoint),
 }
 
-_warned_no_triton = []
+# Optional modules that could not be imported (each is warned about once).
+_missing_modules = set()
 
 
-def _triton_importable() -> bool:
+def _importable(module: str, consequence: str) -> bool:
+    """Whether ``module`` imports; the first failure warns with ``consequence`` (what runs instead)."""
     try:
-        import triton  # noqa: F401
+        __import__(module)
     except ImportError:
-        if not _warned_no_triton:
-            _warned_no_triton.append(True)
+        if module not in _missing_modules:
+            _missing_modules.add(module)
             warnings.warn(
-                "triton is not installed: ConeBeamCT runs its (slower) torch path on CUDA; "
-                "`pip install triton` for the fast kernels",
+                f"{module} is not installed: {consequence}; `pip install {module}` for the fast path",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return False
     return True
@@ -220,6 +495,9 @@ class ConeBeamCT:
         device: device on which the per-view vectors are cached (any device works at call time).
         backend: ``"auto"`` (Triton kernels for CUDA float32 inputs when Triton imports, else torch),
             ``"torch"`` or ``"triton"``.
+        plan_budget: bytes that the torch backend's cached :class:`SamplingPlan` of one view set
+            (kept or all views) and dtype may take on CPU; a larger plan is not built and those views
+            are sampled on the fly. 0 never caches.
     """
 
     def __init__(
@@ -228,11 +506,14 @@ class ConeBeamCT:
         views: Optional[torch.Tensor] = None,
         device: Optional[torch.device | str] = None,
         backend: str = "auto",
+        plan_budget: int = PLAN_BUDGET,
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+        if isinstance(plan_budget, bool) or not isinstance(plan_budget, int) or plan_budget < 0:
+            raise ValueError(f"plan_budget must be an integer number of bytes >= 0, got {plan_budget!r}")
         all_views = torch.arange(geometry.num_views)
         if views is None:
             views = all_views
@@ -245,8 +526,11 @@ class ConeBeamCT:
         self.geometry = geometry
         self.views = views
         self.backend = backend
+        self.plan_budget = plan_budget
         self._vecs = index_space_vectors(geometry, views).to(device)
         self._vecs_full = index_space_vectors(geometry, None).to(device)
+        # (all views?, dtype) -> cached plan, or None where it did not fit the budget.
+        self._plans: Dict[Tuple[bool, torch.dtype], Optional[SamplingPlan]] = {}
 
     @property
     def volume_shape(self) -> Tuple[int, int, int]:
@@ -274,13 +558,42 @@ class ConeBeamCT:
             )
         return layouts[tuple(x.shape)](x)
 
-    def _backend(self, t: torch.Tensor) -> Tuple[Callable, Callable]:
+    @property
+    def plan_nbytes(self) -> int:
+        """Bytes held by this operator's cached sampling plans (0 when none is cached)."""
+        return sum(plan.nbytes for plan in self._plans.values() if plan is not None)
+
+    def _backend(self, t: torch.Tensor) -> str:
         if t.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"ConeBeamCT needs a float32 or float64 tensor, got {t.dtype}")
         name = self.backend
         if name == "auto":
-            name = "triton" if t.is_cuda and t.dtype == torch.float32 and _triton_importable() else "torch"
-        return BACKENDS[name]
+            name = (
+                "triton"
+                if t.is_cuda
+                and t.dtype == torch.float32
+                and _importable("triton", "ConeBeamCT runs its (slower) torch path on CUDA")
+                else "torch"
+            )
+        return name
+
+    def _plan(self, full: bool, t: torch.Tensor) -> Optional[SamplingPlan]:
+        """The cached plan of these views for the torch backend on ``t``, or None to sample on the fly."""
+        if (
+            t.device.type != "cpu"
+            or t.requires_grad
+            or self.plan_budget == 0
+            or not _importable("scipy", "ConeBeamCT samples every projection anew on CPU (slower)")
+        ):
+            return None
+        key = (full, t.dtype)
+        if key not in self._plans:
+            det_shape = (self.geometry.det_rows, self.geometry.det_cols)
+            vecs = self._vecs_full if full else self._vecs
+            self._plans[key] = SamplingPlan.build(
+                vecs, det_shape, self.volume_shape, self.geometry.voxel_size, t.dtype, self.plan_budget
+            )
+        return self._plans[key]
 
     def _vectors(self, full: bool, like: torch.Tensor) -> torch.Tensor:
         vecs = self._vecs_full if full else self._vecs
@@ -288,8 +601,13 @@ class ConeBeamCT:
 
     def _project(self, x: torch.Tensor, full: bool) -> torch.Tensor:
         volume = self._volume(x).contiguous()
-        forward, _ = self._backend(volume)
+        backend = self._backend(volume)
+        n_views = self.geometry.num_views if full else self.views.numel()
         det_shape = (self.geometry.det_rows, self.geometry.det_cols)
+        plan = self._plan(full, volume) if backend == "torch" else None
+        if plan is not None:
+            return plan.forward(volume).view(n_views, *det_shape)
+        forward, _ = BACKENDS[backend]
         return forward(volume, self._vectors(full, volume), det_shape, self.geometry.voxel_size)
 
     def _backproject(self, y: torch.Tensor, full: bool) -> torch.Tensor:
@@ -301,7 +619,11 @@ class ConeBeamCT:
                 f"projections must have shape [V, det_rows, det_cols]={list(expected)}, got {got}"
             )
         y = y.contiguous()
-        _, adjoint = self._backend(y)
+        backend = self._backend(y)
+        plan = self._plan(full, y) if backend == "torch" else None
+        if plan is not None:
+            return plan.adjoint(y).unsqueeze(1)
+        _, adjoint = BACKENDS[backend]
         out = adjoint(y, self._vectors(full, y), self.volume_shape, self.geometry.voxel_size)
         return out.unsqueeze(1)
 

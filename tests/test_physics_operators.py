@@ -2,17 +2,19 @@
 
 import dataclasses
 import math
+import sys
+import warnings
 
 import pytest
 import torch
 
 from algorithms import tv
-from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, cgls, select_views, sirt
+from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, cgls, cone_beam, select_views, sirt
 
 
-def _cone(shape, det, views=None, **kw):
+def _cone(shape, det, views=None, plan_budget=cone_beam.PLAN_BUDGET, **kw):
     geometry = ConeBeamGeometry(volume_shape=shape, det_rows=det[0], det_cols=det[1], **kw)
-    return ConeBeamCT(geometry, views=views, backend="torch")
+    return ConeBeamCT(geometry, views=views, backend="torch", plan_budget=plan_budget)
 
 
 class _Full:
@@ -20,6 +22,11 @@ class _Full:
 
     def __init__(self, op):
         self.A, self.A_adjoint = op.A_full, op.A_full_adjoint
+        self.op = op
+
+    @property
+    def plan_nbytes(self):
+        return self.op.plan_nbytes
 
 
 class _Diff:
@@ -34,25 +41,50 @@ class _Gradient:
         self.A_adjoint = lambda g: tv.gradient_adjoint(g, axes)
 
 
-# name -> (operator factory, domain shape)
-OPERATORS = {
-    "cone_odd_shape_7views": (lambda: _cone((5, 7, 9), (5, 11), views=select_views("SVCT", 7)), (5, 1, 7, 9)),
+# name -> (cone-beam operator factory taking keyword arguments of ConeBeamCT, domain shape)
+CONES = {
+    "cone_odd_shape_7views": (
+        lambda **kw: _cone((5, 7, 9), (5, 11), views=select_views("SVCT", 7), **kw),
+        (5, 1, 7, 9),
+    ),
     # Short distances give a wide cone, so x- and y-dominant rays meet in one view (45 degrees).
     "cone_wide_cone_mixed_axes": (
-        lambda: _cone(
+        lambda **kw: _cone(
             (6, 8, 7),
             (16, 24),
             source_distance=20.0,
             detector_distance=15.0,
             angles=[0.0, math.pi / 4, 1.0, 2.5, 4.0],
+            **kw,
         ),
         (6, 1, 8, 7),
     ),
-    "cone_voxel_size": (lambda: _cone((4, 6, 6), (8, 12), voxel_size=0.7, angles=[0.3, 1.9]), (4, 1, 6, 6)),
+    "cone_voxel_size": (
+        lambda **kw: _cone((4, 6, 6), (8, 12), voxel_size=0.7, angles=[0.3, 1.9], **kw),
+        (4, 1, 6, 6),
+    ),
     "cone_full_views": (
-        lambda: _Full(_cone((3, 5, 4), (4, 8), angles=torch.linspace(0, 6, 11), views=torch.tensor([2, 5]))),
+        lambda **kw: _Full(
+            _cone((3, 5, 4), (4, 8), angles=torch.linspace(0, 6, 11), views=torch.tensor([2, 5]), **kw)
+        ),
         (3, 1, 5, 4),
     ),
+    # The demo geometry, small: most detector rows miss the volume, rays enter and leave through z.
+    "cone_demo_geometry": (
+        lambda **kw: ConeBeamCT(
+            ConeBeamGeometry.for_volume((4, 12, 10)), views=select_views("LACT", 30), backend="torch", **kw
+        ),
+        (4, 1, 12, 10),
+    ),
+}
+
+# name -> (operator factory, domain shape); cone-beam operators with their cached plan and on the fly.
+OPERATORS = {
+    **{name: (make, shape) for name, (make, shape) in CONES.items()},
+    **{
+        f"{name}_on_the_fly": (lambda m=make: m(plan_budget=0), shape)
+        for name, (make, shape) in CONES.items()
+    },
     "zsr_f2_axis2": (lambda: ZAxisSuperResolution(2, axis=2), (3, 1, 8, 5)),
     "zsr_f3_axis2_partial": (lambda: ZAxisSuperResolution(3, axis=2, length=10), (2, 1, 10, 4)),
     "zsr_f4_axis0_partial": (lambda: ZAxisSuperResolution(4, axis=0, length=7), (7, 1, 3, 5)),
@@ -90,6 +122,82 @@ def test_cone_layouts_agree_and_bad_shape_is_rejected(gen):
         op.A_adjoint(torch.rand(2, 6, 10))
     with pytest.raises(TypeError, match="float16"):
         op.A(x.half())
+
+
+def _close(a, b, tol):
+    torch.testing.assert_close(a.double(), b, rtol=0, atol=tol * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(CONES))
+def test_cone_cached_plan_equals_on_the_fly(name, gen):
+    make, shape = CONES[name]
+    cached, on_the_fly = make(), make(plan_budget=0)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = torch.rand(on_the_fly.A(x).shape, generator=gen, dtype=torch.float64)
+    ax, aty = on_the_fly.A(x), on_the_fly.A_adjoint(y)
+    _close(cached.A(x), ax, 1e-12)
+    _close(cached.A_adjoint(y), aty, 1e-12)
+    # The float32 plan holds the float64 weights rounded once: float32 accuracy (sampling on the fly
+    # in float32 rounds the coordinates and is off by up to ~1e-4).
+    _close(cached.A(x.float()), ax, 1e-6)
+    _close(cached.A_adjoint(y.float()), aty, 1e-6)
+    _close(on_the_fly.A(x.float()), ax, 1e-4)
+    assert cached.A(x.float()).dtype == cached.A_adjoint(y.float()).dtype == torch.float32
+    assert cached.plan_nbytes > 0 and on_the_fly.plan_nbytes == 0
+
+
+def test_cone_plan_budget_is_exact_and_over_budget_runs_on_the_fly(gen):
+    make, shape = CONES["cone_demo_geometry"]
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    unlimited = make()
+    y = unlimited.A(x)
+    size = unlimited.plan_nbytes
+    fits = make(plan_budget=size)
+    assert torch.equal(fits.A(x), y)
+    assert fits.plan_nbytes == size
+    over, on_the_fly = make(plan_budget=size - 1), make(plan_budget=0)
+    assert torch.equal(over.A(x), on_the_fly.A(x))
+    assert torch.equal(over.A_adjoint(y), on_the_fly.A_adjoint(y))
+    assert over.plan_nbytes == 0
+    # Each dtype and view set has its own plan.
+    unlimited.A(x.float())
+    assert unlimited.plan_nbytes > size
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="plan_budget"):
+            make(plan_budget=bad)
+
+
+def test_cone_plan_ignores_thread_count_and_keeps_autograd(gen):
+    make, shape = CONES["cone_odd_shape_7views"]
+    op = make()
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    y = torch.rand(op.measurement_shape, generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = op.A(x), op.A_adjoint(y)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(op.A(x), serial[0]) and torch.equal(op.A_adjoint(y), serial[1])
+    # Inputs that require grad take the differentiable on-the-fly path: d/dx <A x, y> = A^T y.
+    x.requires_grad_(True)
+    torch.sum(op.A(x) * y).backward()
+    torch.testing.assert_close(x.grad, op.A_adjoint(y))
+
+
+def test_cone_without_scipy_warns_once_and_samples_on_the_fly(monkeypatch, gen):
+    make, shape = CONES["cone_voxel_size"]
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    expected = make(plan_budget=0).A(x)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setattr(cone_beam, "_missing_modules", set())
+    op = make()
+    with pytest.warns(RuntimeWarning, match="scipy is not installed"):
+        y = op.A(x)
+    assert torch.equal(y, expected) and op.plan_nbytes == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        op.A_adjoint(y)
 
 
 def test_cone_dagger_decreases_least_squares_residual(gen):
