@@ -1,0 +1,19 @@
+"""Cone-beam CT reconstruction (limited arc or sparse views) with a 2D diffusion prior and ISCS noise.
+
+Simulates the projections of a volume, reconstructs it, and writes a self-describing results
+folder; ``python recon_CBCT.py --help`` lists every option. ``recon_CBCT.sh`` is an editable template.
+"""
+
+import sys
+
+from utils.run import main as run_main
+from utils.tasks import CBCT_PROFILE
+
+
+def main(argv=None) -> int:
+    """Run with ``argv`` (default: the command line); returns the exit code."""
+    return run_main(CBCT_PROFILE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""MRI z-axis super-resolution with a 2D diffusion prior on planes that contain z and ISCS noise.
+
+Averages groups of thin slices of a volume into thick ones, recovers the thin slices, and writes a
+self-describing results folder; ``python recon_MRI_ZSR.py --help`` lists every option.
+``recon_ZSR.sh`` is an editable template.
+"""
+
+import sys
+
+from utils.run import main as run_main
+from utils.tasks import ZSR_PROFILE
+
+
+def main(argv=None) -> int:
+    """Run with ``argv`` (default: the command line); returns the exit code."""
+    return run_main(ZSR_PROFILE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Results folders: naming, never reused, marked incomplete until done; figures are written."""
+
+import datetime as dt
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from utils.figures import save_scroll_gif, save_slices_figure
+from utils.results import (
+    LOG_NAME,
+    LOGGER_NAME,
+    MARKER,
+    RunFolder,
+    create_run_dir,
+    problem_name,
+    run_parent,
+    volume_name,
+)
+
+NOW = dt.datetime(2026, 1, 31, 14, 5, 9)
+
+
+def test_layout_of_the_folder_names(tmp_path):
+    problem = problem_name({"s": "0-32", "NFE": 10, "init": False, "wTIK": 0.5, "noise": "SLERP"})
+    assert problem == "s0-32_NFE10_init0_wTIK0.5_noiseSLERP"
+    parent = run_parent(tmp_path, "CT_phantom_128", "ct_demo", "LACT", 90, "DDS", problem)
+    assert parent == tmp_path / "CT_phantom_128" / "ct_demo" / "LACT-90" / "DDS" / problem
+    assert volume_name("data/demo/ct demo.nii.gz") == "ct demo" and volume_name("x/v.npy") == "v"
+
+
+def test_a_clash_gets_a_suffix_and_nothing_is_reused(tmp_path):
+    made = [create_run_dir(tmp_path, NOW) for _ in range(3)]
+    assert [p.name for p in made] == ["260131_140509", "260131_140509_1", "260131_140509_2"]
+    assert all((p / MARKER).is_file() for p in made)
+
+
+def test_folder_writes_and_marks(tmp_path, gen):
+    meta = {"spacing": (0.5, 0.5, 2.0), "origin": (1.0, 2.0, 3.0), "direction": tuple(np.eye(3).ravel())}
+    folder = RunFolder(create_run_dir(tmp_path, NOW), meta)
+    folder.start_log()
+    logging.getLogger(LOGGER_NAME).info("hello log")
+    folder.stop_log()
+    folder.yaml("args.yaml", {"options": {"data": tmp_path / "x.nii.gz", "sigma": float("inf")}})
+    folder.json("metrics.json", {"psnr": float("nan")})
+    written = folder.volume("X_0/step_000", torch.rand(2, 3, 4, generator=gen))
+    assert written == folder.path / "X_0" / "step_000.nii.gz" and written.is_file()
+    assert "hello log" in (folder.path / LOG_NAME).read_text()
+    assert yaml.safe_load((folder.path / "args.yaml").read_text()) == {
+        "options": {"data": str(tmp_path / "x.nii.gz"), "sigma": None}
+    }
+    assert json.loads((folder.path / "metrics.json").read_text()) == {"psnr": None}
+    folder.fail("boom")
+    assert "boom" in (folder.path / MARKER).read_text()
+    folder.complete()
+    assert not (folder.path / MARKER).exists()
+
+
+def test_figure_and_gif(tmp_path, gen):
+    pil = pytest.importorskip("PIL.Image")
+    gt = torch.rand(6, 8, 10, generator=gen).numpy()
+    panels = {"FBP-LV": gt + 0.1, "recon": gt * 0.9}
+    png = save_slices_figure(
+        tmp_path / "figure.png", gt, panels, spacing=(1.0, 1.0, 2.5), captions={"recon": "PSNR 1"}
+    )
+    assert pil.open(png).format == "PNG"
+    gif = save_scroll_gif(tmp_path / "slices.gif", {"GT": gt, **panels}, plane="coronal")
+    image = pil.open(gif)
+    assert image.n_frames == gt.shape[1]
+    assert image.size == (3 * gt.shape[2], gt.shape[0])
+    with pytest.raises(ValueError, match="oblique"):
+        save_scroll_gif(tmp_path / "x.gif", {"GT": gt}, plane="oblique")

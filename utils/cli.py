@@ -1,0 +1,251 @@
+"""The one argument parser of the entry scripts (``recon_CBCT.py``, ``recon_MRI_ZSR.py``).
+
+Both scripts share every argument; a :class:`ScriptProfile` supplies the task-specific defaults,
+choices and the few arguments only one script has. Option names and meanings follow the
+reference code (``--NFE``, ``--num-cg``, ``--w-tik``...); ``--help`` shows every default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from algorithms import NOISE_ALIASES, NOISE_SOURCES, RENOISE, admm_tv
+
+# Methods that sample with the diffusion prior (they need a checkpoint); the others are classical.
+PRIOR_METHODS = ("DDS", "DDNM")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+_ADMM_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(admm_tv).parameters.items()
+}
+NOISE_CONTROLS = tuple(str(name) for name in NOISE_ALIASES if isinstance(name, str)) + tuple(NOISE_SOURCES)
+
+
+def _bounded(kind: type, low: float, name: str, strict: bool = False):
+    """An argparse type converter that accepts ``kind`` values ``>= low`` (``> low`` if strict)."""
+    relation = ">" if strict else ">="
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {name}; {name} {relation} {low:g} is accepted"
+            ) from None
+        if math.isnan(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range; {name} {relation} {low:g} is accepted"
+            )
+        return value
+
+    return convert
+
+
+def finite_float(text: str) -> float:
+    """An argparse type converter for finite numbers."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; a finite number is")
+    return value
+
+
+positive_int = _bounded(int, 1, "an integer")
+non_negative_int = _bounded(int, 0, "an integer")
+non_negative_float = _bounded(float, 0.0, "a number")
+positive_float = _bounded(float, 0.0, "a number", strict=True)
+
+
+@dataclass(frozen=True)
+class ScriptProfile:
+    """Task-specific defaults of one entry script.
+
+    Args:
+        prog: script name shown in ``--help``.
+        description: one paragraph for ``--help``.
+        tasks: accepted ``--task`` values (the first is the default).
+        degree: default ``--degree``.
+        degree_help: what ``--degree`` means for these tasks.
+        methods: accepted ``--method`` values (the first is the default).
+        data, checkpoint: default ``--data`` and ``--checkpoint-path``.
+        extra: arguments only this script has: ``(flag, argparse keyword arguments)`` pairs.
+    """
+
+    prog: str
+    description: str
+    tasks: Tuple[str, ...]
+    degree: int
+    degree_help: str
+    methods: Tuple[str, ...]
+    data: Path
+    checkpoint: Path
+    extra: Tuple[Tuple[str, Dict[str, Any]], ...] = field(default_factory=tuple)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is usable, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
+    """The shared parser with ``profile``'s defaults; every option shows its default in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=profile.prog,
+        description=profile.description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    problem = parser.add_argument_group("problem")
+    problem.add_argument(
+        "--task", choices=profile.tasks, default=profile.tasks[0], help="measurement to simulate"
+    )
+    problem.add_argument("--degree", type=positive_int, default=profile.degree, help=profile.degree_help)
+    problem.add_argument(
+        "--method", choices=profile.methods, default=profile.methods[0], help="reconstruction method"
+    )
+    problem.add_argument(
+        "--data", type=Path, default=profile.data, help="input volume (NIfTI, or .pt/.npy tensor file)"
+    )
+    problem.add_argument(
+        "--slice-begin",
+        type=non_negative_int,
+        default=0,
+        help="first slice kept along the prior's slice axis (CBCT: axial, ZSR: coronal); both 0: all",
+    )
+    problem.add_argument(
+        "--slice-end", type=non_negative_int, default=0, help="one past the last slice kept; both 0: all"
+    )
+    problem.add_argument(
+        "--recon-size",
+        type=positive_int,
+        default=None,
+        help="side of the square planes the prior sees, after antialiased resizing; "
+        "None: the prior's data.image_size for DDS/DDNM, the input size otherwise",
+    )
+    for flag, kwargs in profile.extra:
+        problem.add_argument(flag, **kwargs)
+
+    sampler = parser.add_argument_group("diffusion sampler (DDS, DDNM)")
+    sampler.add_argument(
+        "--NFE", type=positive_int, default=50, help="number of denoiser evaluations (noise levels)"
+    )
+    sampler.add_argument(
+        "--num-cg",
+        type=non_negative_int,
+        default=5,
+        help="CG iterations of each data-consistency step (ADMM-TV: of each x-update)",
+    )
+    sampler.add_argument(
+        "--w-tik", type=non_negative_float, default=0.0, help="DDS proximal (Tikhonov) weight"
+    )
+    sampler.add_argument(
+        "--w-dz", type=non_negative_float, default=0.0, help="DDS+TV weight of the TV along z (0: off)"
+    )
+    sampler.add_argument(
+        "--sigma-max",
+        type=positive_float,
+        default=None,
+        help="largest noise level; None: model.sigma_max of the config",
+    )
+    sampler.add_argument(
+        "--sigma-min",
+        type=positive_float,
+        default=None,
+        help="smallest noise level; None: model.sigma_min of the config",
+    )
+    sampler.add_argument(
+        "--noise-control",
+        choices=NOISE_CONTROLS,
+        default="SLERP",
+        help="noise drawn across slices: SLERP = ISCS (the paper), None = iid, BCS = shared; "
+        "iscs/iid/shared/ar1 are the registry names",
+    )
+    sampler.add_argument(
+        "--noise-span",
+        type=non_negative_float,
+        default=None,
+        help="ISCS angular spread (1 = the reference's); None: the source's default",
+    )
+    sampler.add_argument(
+        "--noise-corr-length",
+        type=non_negative_float,
+        default=None,
+        help="ar1 correlation length in slices; None: the source's default",
+    )
+    sampler.add_argument(
+        "--renoise-method", choices=tuple(RENOISE), default="DDS", help="re-noising preset (eta of the step)"
+    )
+    sampler.add_argument(
+        "--use-init",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="start from the main baseline plus noise",
+    )
+    sampler.add_argument(
+        "--checkpoint-path",
+        type=Path,
+        default=profile.checkpoint,
+        help="score model checkpoint (score_sde or exported)",
+    )
+    sampler.add_argument(
+        "--config-path",
+        type=Path,
+        default=None,
+        help="model config YAML (optional when the checkpoint embeds its config)",
+    )
+    sampler.add_argument(
+        "--slice-batch",
+        type=positive_int,
+        default=None,
+        help="slices per network call; None: chosen from free memory",
+    )
+    sampler.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision")
+
+    admm = parser.add_argument_group("ADMM-TV (defaults: algorithms.admm_tv's)")
+    admm.add_argument(
+        "--tv-weight",
+        type=non_negative_float,
+        default=_ADMM_DEFAULTS["lam"],
+        help="TV weight lam, relative to ||A||^2",
+    )
+    admm.add_argument(
+        "--admm-rho",
+        type=positive_float,
+        default=_ADMM_DEFAULTS["rho"],
+        help="ADMM penalty rho, relative to ||A||^2",
+    )
+    admm.add_argument(
+        "--admm-iter", type=positive_int, default=_ADMM_DEFAULTS["n_iter"], help="ADMM iterations"
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", choices=DEVICES, default=default_device(), help="compute device")
+    run.add_argument("--gpu", type=non_negative_int, default=0, help="CUDA device index (with --device cuda)")
+    run.add_argument("--seed", type=int, default=42, help="seed of the one random generator")
+    run.add_argument("--results-dir", type=Path, default=Path("results"), help="root of the results folders")
+    run.add_argument(
+        "--save-intermediates",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="save every step's denoised (X_hat/) and data-consistent (X_0/) volumes",
+    )
+    run.add_argument(
+        "--gif",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also write a GIF scrolling through the slices",
+    )
+    return parser
+
+
+def parse_args(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`build_parser`."""
+    return build_parser(profile).parse_args(argv)

@@ -1,0 +1,227 @@
+"""Self-describing results folders.
+
+A run writes into ``<results_dir>/<config>/<data>/<task>-<degree>/<method>/<problem>/<YYMMDD_HHMMSS>/``;
+a folder is never reused (a clash gets the suffix ``_1``, ``_2``, ...). While the run is going the
+folder holds a file ``INCOMPLETE``; it is removed when the run finishes, and a failed run keeps it
+with the error message (the log ``run.log`` has the traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import platform
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from utils.io import Meta, write_volume
+
+MARKER = "INCOMPLETE"
+LOG_NAME = "run.log"
+LOGGER_NAME = "iscs"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
+
+
+def volume_name(path: Path) -> str:
+    """The file name of a volume without its (double) suffix: ``data/ct.nii.gz`` -> ``ct``."""
+    name = Path(path).name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+
+
+def problem_name(options: Mapping[str, Any]) -> str:
+    """A short folder name from the options that define the problem, in a fixed order.
+
+    ``options`` maps a short label to its value (e.g. ``{"s": "0-32", "NFE": 10, "nCG": 5}``);
+    the result joins ``label + value`` with ``_`` (``s0-32_NFE10_nCG5``); booleans become 0/1.
+    """
+    parts = [
+        f"{label}{_slug(int(value) if isinstance(value, bool) else value)}"
+        for label, value in options.items()
+    ]
+    return "_".join(parts) or "default"
+
+
+def run_parent(
+    results_dir: Path, config: str, data: str, task: str, degree: Any, method: str, problem: str
+) -> Path:
+    """The folder that holds the timestamped run folders of one problem."""
+    return (
+        Path(results_dir)
+        / _slug(config)
+        / _slug(data)
+        / f"{_slug(task)}-{_slug(degree)}"
+        / _slug(method)
+        / problem
+    )
+
+
+def create_run_dir(parent: Path, now: Optional[_dt.datetime] = None) -> Path:
+    """Create ``parent/<YYMMDD_HHMMSS>`` (or with suffix ``_1``, ``_2``, ...) and mark it incomplete.
+
+    The directory is created atomically, so two runs started in the same second get different folders.
+    """
+    stamp = (now or _dt.datetime.now()).strftime("%y%m%d_%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    suffix = 0
+    while True:
+        path = parent / (stamp if suffix == 0 else f"{stamp}_{suffix}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            suffix += 1
+            continue
+        (path / MARKER).write_text("run in progress\n")
+        return path
+
+
+def _plain(value: Any) -> Any:
+    """Options as YAML/JSON-friendly builtins (paths and str subclasses as str, non-finite floats as None)."""
+    if isinstance(value, (Path, str)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _package_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the compute device (the GPU model, or the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device, command: Sequence[str]) -> Dict[str, Any]:
+    """Versions, device, git commit and command line: what ``args.yaml`` records beside the options."""
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "SimpleITK": _package_version("SimpleITK"),
+        },
+        "device": str(device),
+        "device_name": device_name(device),
+        "git_commit": _git_commit(),
+        "command": shlex.join(command),
+    }
+
+
+class RunFolder:
+    """One run's results folder: writes volumes, YAML/JSON/text files, and the run log.
+
+    Args:
+        path: an existing folder made by :func:`create_run_dir`.
+        meta: the geometry written into every volume of the reconstructed grid.
+    """
+
+    def __init__(self, path: Path, meta: Meta):
+        self.path = Path(path)
+        self.meta = meta
+        self._handler: Optional[logging.Handler] = None
+
+    def volume(self, name: str, array, meta: Optional[Meta] = None) -> Path:
+        """Write ``<name>.nii.gz`` (``name`` may contain a sub-folder) with the run's geometry."""
+        return write_volume(self.path / f"{name}.nii.gz", array, self.meta if meta is None else meta)
+
+    def yaml(self, name: str, content: Mapping[str, Any]) -> Path:
+        """Write ``content`` as YAML (paths as strings, keys in the given order)."""
+        path = self.path / name
+        path.write_text(yaml.safe_dump(_plain(dict(content)), sort_keys=False))
+        return path
+
+    def json(self, name: str, content: Mapping[str, Any]) -> Path:
+        """Write ``content`` as JSON (non-finite numbers as null)."""
+        path = self.path / name
+        path.write_text(json.dumps(_plain(dict(content)), indent=2) + "\n")
+        return path
+
+    def text(self, name: str, content: str) -> Path:
+        """Write a text file."""
+        path = self.path / name
+        path.write_text(content if content.endswith("\n") else content + "\n")
+        return path
+
+    def start_log(self) -> None:
+        """Copy the project's log records (and Python warnings) into ``run.log``."""
+        self._handler = logging.FileHandler(self.path / LOG_NAME, encoding="utf-8")
+        self._handler.setLevel(logging.DEBUG)
+        self._handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG)
+        for name in (LOGGER_NAME, "py.warnings"):
+            logging.getLogger(name).addHandler(self._handler)
+
+    def stop_log(self) -> None:
+        """Detach and close the ``run.log`` handler."""
+        if self._handler is not None:
+            for name in (LOGGER_NAME, "py.warnings"):
+                logging.getLogger(name).removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+
+    def complete(self) -> None:
+        """Mark the run finished (removes the ``INCOMPLETE`` marker)."""
+        (self.path / MARKER).unlink()
+
+    def fail(self, message: str) -> None:
+        """Keep the folder marked incomplete, with the reason."""
+        (self.path / MARKER).write_text(f"run failed: {message}\nsee {LOG_NAME}\n")
+
+
+@contextlib.contextmanager
+def console_logging() -> Iterator[logging.Logger]:
+    """Print the project's INFO records (and Python warnings) to stdout while the block runs."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logging.getLogger("py.warnings").removeHandler(handler)
+        logging.captureWarnings(False)
+        logger.removeHandler(handler)

@@ -1,0 +1,305 @@
+"""The run routine both entry scripts share: load, simulate, reconstruct, evaluate, write.
+
+``main(profile, argv)`` is what ``recon_CBCT.py`` and ``recon_MRI_ZSR.py`` call. Expected failures
+(bad input, missing files, a checkpoint that does not fit its config...) print one line
+``error: <message>`` to stderr and return exit code 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+import torch
+
+import algorithms
+from utils.cli import PRIOR_METHODS, ScriptProfile, parse_args
+from utils.figures import save_scroll_gif, save_slices_figure
+from utils.io import Meta, read_volume
+from utils.metrics import PLANES, compute_metrics, format_table
+from utils.results import (
+    LOG_NAME,
+    RunFolder,
+    console_logging,
+    create_run_dir,
+    environment,
+    problem_name,
+    run_parent,
+    volume_name,
+)
+from utils.tasks import BASELINE_METHODS, TASKS, Task
+
+log = logging.getLogger("iscs")
+
+# The project's modules report bad input with these; main() turns them into one-line errors.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+
+
+@dataclass
+class Run:
+    """Everything one run works with, filled in stage by stage."""
+
+    args: argparse.Namespace
+    task: Task
+    gt: torch.Tensor
+    meta: Meta
+    net: Optional[torch.nn.Module]
+    noise: Any
+    op: Any
+    folder: RunFolder
+    generator: torch.Generator
+    y: Optional[torch.Tensor] = None
+    baselines: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    """The compute device from ``--device`` and ``--gpu``; asking for a GPU that is not there is an error."""
+    if args.device == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError("--device cuda: no CUDA GPU is available here; accepted: --device cpu")
+    if args.gpu >= count:
+        raise ValueError(
+            f"--gpu {args.gpu}: this machine has {count} CUDA device(s); accepted: 0..{count - 1}"
+        )
+    return torch.device("cuda", args.gpu)
+
+
+def load_prior(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The score network (EMA weights, eval mode) from ``--checkpoint-path`` and ``--config-path``."""
+    from models import load_config, load_score_model
+
+    config = load_config(args.config_path) if args.config_path is not None else None
+    return load_score_model(config, args.checkpoint_path, device=device)
+
+
+def resolve_options(args: argparse.Namespace, net: Optional[torch.nn.Module]) -> None:
+    """Fill the options whose default comes from the model config (in place)."""
+    if net is None:
+        return
+    model, data = net.config.model, net.config.data
+    args.sigma_max = float(model.sigma_max) if args.sigma_max is None else args.sigma_max
+    args.sigma_min = float(model.sigma_min) if args.sigma_min is None else args.sigma_min
+    args.recon_size = int(data.image_size) if args.recon_size is None else args.recon_size
+    if not args.sigma_max > args.sigma_min:
+        raise ValueError(f"--sigma-max {args.sigma_max:g} must exceed --sigma-min {args.sigma_min:g}")
+
+
+def config_name(args: argparse.Namespace) -> str:
+    """The ``<config>`` level of the results folder: the config file, else the checkpoint, else none."""
+    if args.config_path is not None:
+        return volume_name(args.config_path)
+    return volume_name(args.checkpoint_path) if args.method in PRIOR_METHODS else "no-prior"
+
+
+def noise_params(args: argparse.Namespace) -> Dict[str, float]:
+    """Noise-source knobs the user set (the others keep the source's defaults)."""
+    given = {"span": args.noise_span, "corr_length": args.noise_corr_length}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def problem_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options that name the ``<problem>`` folder, in order (label -> value)."""
+    whole = args.slice_begin == 0 and args.slice_end == 0
+    options: Dict[str, Any] = {"s": "all" if whole else f"{args.slice_begin}-{args.slice_end}"}
+    if getattr(args, "sino_noise", 0.0) > 0:
+        options["sino"] = args.sino_noise
+    if args.method == "ADMM-TV":
+        options.update(lam=args.tv_weight, rho=args.admm_rho, it=args.admm_iter, nCG=args.num_cg)
+    if args.method in PRIOR_METHODS:
+        options.update(NFE=args.NFE, init=args.use_init, nCG=args.num_cg, wTIK=args.w_tik, wDZ=args.w_dz)
+        knobs = "".join(f"-{value:g}" for value in noise_params(args).values())
+        options.update(noise=f"{args.noise_control}{knobs}", renoise=args.renoise_method)
+    return options
+
+
+def _reconstruct_with_prior(run: Run) -> torch.Tensor:
+    from models import Denoiser
+
+    args = run.args
+    denoiser = Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision)
+    main_baseline = next(iter(run.baselines.values()))
+    return algorithms.reconstruct(
+        args.method,
+        denoiser,
+        run.op,
+        run.y,
+        shape=tuple(run.gt.shape),
+        nfe=args.NFE,
+        sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max,
+        num_cg=args.num_cg,
+        w_tik=args.w_tik,
+        w_dz=args.w_dz,
+        renoise=args.renoise_method,
+        noise=run.noise,
+        use_init=args.use_init,
+        x_init=main_baseline if args.use_init else None,
+        generator=run.generator,
+        callback=_intermediates_saver(run) if args.save_intermediates else None,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _reconstruct_admm_tv(run: Run) -> torch.Tensor:
+    args = run.args
+    return algorithms.admm_tv(
+        run.op, run.y, lam=args.tv_weight, rho=args.admm_rho, n_iter=args.admm_iter, n_cg=args.num_cg
+    )
+
+
+def _baseline_of(run: Run) -> torch.Tensor:
+    name = BASELINE_METHODS[run.args.method]
+    return run.baselines[name] if name in run.baselines else run.baselines[f"astra-{name}"]
+
+
+METHOD_RUNNERS: Dict[str, Callable[[Run], torch.Tensor]] = {
+    "DDS": _reconstruct_with_prior,
+    "DDNM": _reconstruct_with_prior,
+    "ADMM-TV": _reconstruct_admm_tv,
+    "FDK": _baseline_of,
+    "SIRT": _baseline_of,
+}
+
+
+def _intermediates_saver(run: Run) -> Callable[[dict], None]:
+    def save(step: dict) -> None:
+        index = step["i"]
+        run.folder.volume(f"X_hat/step_{index:03d}", run.task.to_volume(step["x0"]))
+        run.folder.volume(f"X_0/step_{index:03d}", run.task.to_volume(step["x0_dc"]))
+
+    return save
+
+
+@contextlib.contextmanager
+def _stage(what: str) -> Iterator[None]:
+    """Log a stage's start and, when it succeeds, its duration."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.1f s", what, time.perf_counter() - start)
+
+
+def _write_figures(run: Run, gt: torch.Tensor, volumes: Dict[str, torch.Tensor], report: dict) -> None:
+    """``figure.png`` (GT, main baseline, recon, error) and, with ``--gif``, ``slices.gif``."""
+    main_baseline = next(iter(run.baselines))
+    panels = {name: volumes[name].detach().float().cpu().numpy() for name in (main_baseline, "recon")}
+    gt_cpu = gt.detach().float().cpu().numpy()
+    captions = {
+        name: f"PSNR {values['psnr']:.2f} / SSIM {values['ssim']:.3f}"
+        for name, values in report["metrics"].items()
+        if values["psnr"] is not None
+    }
+    save_slices_figure(run.folder.path / "figure.png", gt_cpu, panels, run.meta["spacing"], captions)
+    if run.args.gif:
+        # The GIF scrolls through the prior's own planes: axial for CT, coronal (containing z) for ZSR.
+        plane = next(name for name, axis in PLANES.items() if axis == run.task.slice_axis)
+        save_scroll_gif(run.folder.path / "slices.gif", {"GT": gt_cpu, **panels}, plane=plane)
+
+
+def _execute(run: Run) -> None:
+    args, task, folder = run.args, run.task, run.folder
+    # The measurement is simulated once; every baseline and the method see this same y.
+    with _stage("simulating the measurement"):
+        run.y = task.measure(run.op, run.gt, args, run.generator)
+    name, measured, meta = task.measurement(run.y, run.meta, run.op)
+    folder.volume(name, measured, meta)
+    folder.volume("GT", task.to_volume(run.gt))
+
+    with _stage("baselines"):
+        run.baselines = task.baselines(run.op, run.y, run.gt, args)
+    for name, stack in run.baselines.items():
+        folder.volume(name, task.to_volume(stack))
+
+    with _stage(f"reconstruction ({args.method})"):
+        recon = METHOD_RUNNERS[args.method](run)
+
+    # Metrics and figures compare volumes in the normalised [0, 1] space of the ground truth.
+    gt = task.to_volume(run.gt)
+    volumes = {name: task.to_volume(stack) for name, stack in run.baselines.items()}
+    volumes["recon"] = task.to_volume(recon)
+    with _stage("metrics"):
+        report = compute_metrics(gt, volumes)
+    folder.json("metrics.json", report)
+    table = format_table(report)
+    folder.text("metrics.txt", table)
+    log.info("metrics (data range %.4g):\n%s", report["data_range"], table)
+
+    _write_figures(run, gt, volumes, report)
+
+    # recon.nii.gz is written last, so a run that fails earlier leaves none.
+    folder.volume("recon", volumes["recon"])
+
+
+def run(args: argparse.Namespace, command: Sequence[str] = ()) -> Path:
+    """Run one reconstruction as the parsed options say; returns the results folder.
+
+    ``command`` is the command line recorded in ``args.yaml``.
+
+    Stages: device, input volume, prior (DDS/DDNM), preprocessing; then a new results folder with
+    ``args.yaml`` and ``run.log``; the simulated measurement, the baselines, the reconstruction,
+    ``metrics.json``/``metrics.txt``, figures and ``recon.nii.gz``; the folder's ``INCOMPLETE``
+    marker goes away only when all of it is written.
+    """
+    task = TASKS[args.task]
+    device = resolve_device(args)
+    array, meta = read_volume(args.data)
+    net = load_prior(args, device) if args.method in PRIOR_METHODS else None
+    resolve_options(args, net)
+    noise = algorithms.make_noise(args.noise_control, **noise_params(args)) if net is not None else None
+    gt, meta = task.prepare(array, meta, args, device)
+    op = task.operator(gt, args)
+
+    parent = run_parent(
+        args.results_dir,
+        config_name(args),
+        volume_name(args.data),
+        args.task,
+        args.degree,
+        args.method,
+        problem_name(problem_options(args)),
+    )
+    folder = RunFolder(create_run_dir(parent), meta)
+    folder.start_log()
+    try:
+        log.info("results folder: %s", folder.path)
+        log.info("ground truth: %d slices of %d x %d on %s", gt.shape[0], gt.shape[2], gt.shape[3], device)
+        if net is not None:
+            log.info("prior: %s (sigma %g .. %g)", args.checkpoint_path, args.sigma_min, args.sigma_max)
+        folder.yaml("args.yaml", {"options": vars(args), **environment(device, command)})
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        _execute(Run(args, task, gt, meta, net, noise, op, folder, generator))
+        folder.complete()
+        log.info("finished: %s", folder.path)
+    except BaseException as err:
+        log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", err, LOG_NAME)
+        log.debug("traceback", exc_info=True)
+        folder.fail(f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        folder.stop_log()
+    return folder.path
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` with ``profile``'s defaults and run; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    args = parse_args(profile, argv)
+    with console_logging():
+        try:
+            run(args, [profile.prog, *argv])
+        except EXPECTED_ERRORS as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 2
+    return 0
