@@ -48,10 +48,18 @@ from datasets.slices import PLANES, MRISlices, NiftiSlices, PhantomSlices
 SAMPLING_EPS = 1e-5  # score_sde's lower end of t in training and sampling (continuous VE).
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except where an option is required or its help already names its default."""
+
+    def _get_help_string(self, action):
+        if action.required or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (defaults from the config are resolved in :func:`resolve`)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     p.add_argument("--config", type=Path, required=True, help="model config YAML (score_sde layout)")
     p.add_argument("--data", choices=sorted(DATA_SOURCES), required=True, help="where training slices come from")
     p.add_argument("--volumes", type=Path, nargs="+", default=[], help="volume files for --data nifti")
