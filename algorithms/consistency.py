@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 import torch
 
+from .admm_tv import operator_norm_sq
 from .cg import conjugate_gradient
 from .tv import diff, diff_adjoint, soft_threshold
 
@@ -32,6 +33,8 @@ class DDSConsistency:
     ``num_cg`` CG iterations on ``(A^T A + rho I + rho_admm D_z^T D_z) x = A^T y + rho x0 +
     rho_admm D_z^T (v - u)``, then ``v = shrink(D_z x + u, w_dz / rho_admm)`` and
     ``u += D_z x - v``. ADMM starts from ``x = x0``, ``v = D_z x0``, ``u = 0`` at every call.
+    With ``relative`` (the default) ``w_dz`` and ``rho_admm`` are multiples of ``||A||^2`` (estimated
+    once here by power iteration), so one setting behaves alike for any geometry or view count.
 
     Args:
         op: the forward operator (``A``, ``A_adjoint``).
@@ -39,8 +42,9 @@ class DDSConsistency:
         num_cg: CG iterations per solve (>= 0).
         w_tik: proximal weight (>= 0); ``rho = w_tik / sigma^2``.
         w_dz: TV weight lambda along the slice axis (>= 0; 0 turns TV off).
-        rho_admm: ADMM penalty (> 0), in the units of ``A^T A`` (the default 10 is DiffusionMBIR's;
-            scale it with ``||A||^2`` for an operator of another scale).
+        rho_admm: ADMM penalty (> 0); the soft threshold is ``w_dz / rho_admm``.
+        relative: whether ``w_dz`` and ``rho_admm`` are in units of ``||A||^2`` (True) or of
+            ``A^T A`` itself (False, as in DiffusionMBIR, whose rho is 10 for its operator).
         admm_iter: ADMM iterations per call (>= 1), each costing ``num_cg`` CG iterations.
         tv_dim: the slice axis of the stack (0: the axial slices of a CBCT stack [D, 1, H, W]).
     """
@@ -52,9 +56,10 @@ class DDSConsistency:
         num_cg: int,
         w_tik: float = 0.0,
         w_dz: float = 0.0,
-        rho_admm: float = 10.0,
+        rho_admm: float = 0.1,
         admm_iter: int = 2,
         tv_dim: int = 0,
+        relative: bool = True,
     ):
         if isinstance(num_cg, bool) or not isinstance(num_cg, int) or num_cg < 0:
             raise ValueError(f"num_cg must be an integer >= 0, got {num_cg!r}")
@@ -67,11 +72,12 @@ class DDSConsistency:
         self.op = op
         self.num_cg = num_cg
         self.w_tik = float(w_tik)
-        self.w_dz = float(w_dz)
-        self.rho_admm = float(rho_admm)
         self.admm_iter = admm_iter
         self.tv_dim = tv_dim
         self.aty = op.A_adjoint(y)
+        scale = operator_norm_sq(op, self.aty) if relative and w_dz > 0 else 1.0
+        self.w_dz = float(w_dz) * scale
+        self.rho_admm = float(rho_admm) * scale
 
     def _normal(self, v: torch.Tensor) -> torch.Tensor:
         return self.op.A_adjoint(self.op.A(v))

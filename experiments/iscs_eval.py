@@ -74,7 +74,7 @@ DEFAULT_TEMPLATE = ROOT / "data" / "cache" / "mni152_t1.pt"
 
 # The validation volume lies in the training range but past the few thousand seeds training drew.
 VALIDATION_SEED = mri.check_train_seed(ct_phantom.check_train_seed(ct_phantom.TRAIN_SEEDS[-1]))
-W_DZ_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+W_DZ_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TV_WEIGHT_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 # ADMM-TV keeps algorithms.admm_tv's default ratio of penalty to weight (rho = 1e-2 for lam = 1e-3).
 ADMM_RHO_PER_WEIGHT = 10.0

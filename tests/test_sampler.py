@@ -140,6 +140,28 @@ def test_dds_tv_with_a_large_weight_flattens_along_the_slice_axis_only(gen):
     assert torch.allclose(x, y.mean(dim=0, keepdim=True).expand_as(y), atol=1e-9)
 
 
+class ScaledOp:
+    """c * I: the identity at another scale, so that ||A||^2 = c^2."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def A(self, x):
+        return self.c * x
+
+    A_adjoint = A
+
+
+def test_relative_dds_tv_weights_make_the_result_independent_of_the_operator_scale(gen):
+    # min 1/2 |c x - c y|^2 + lam c^2 |D_z x|_1 has the same minimiser for every c.
+    y = torch.randn(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    ref = DDSConsistency(IdentityOp(), y, num_cg=3, w_dz=0.2, admm_iter=50)(y, 1.0)
+    scaled = DDSConsistency(ScaledOp(30.0), 30.0 * y, num_cg=3, w_dz=0.2, admm_iter=50)(y, 1.0)
+    absolute = DDSConsistency(ScaledOp(30.0), 30.0 * y, num_cg=3, w_dz=0.2, admm_iter=50, relative=False)(y, 1.0)
+    assert torch.allclose(scaled, ref, atol=1e-6)
+    assert not torch.allclose(absolute, ref, atol=1e-3)
+
+
 def test_ddnm_hands_its_iteration_count_to_an_iterative_pseudo_inverse(problem):
     op, y, x0 = problem
     seen = []

@@ -147,7 +147,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         "--w-tik", type=non_negative_float, default=0.0, help="DDS proximal (Tikhonov) weight"
     )
     sampler.add_argument(
-        "--w-dz", type=non_negative_float, default=0.0, help="DDS+TV weight of the TV along z (0: off)"
+        "--w-dz", type=non_negative_float, default=0.0, help="DDS+TV weight of the TV along z, relative to ||A||^2 (0: off)"
     )
     sampler.add_argument(
         "--sigma-max",
@@ -228,7 +228,12 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default=default_device(), help="compute device")
-    run.add_argument("--gpu", type=non_negative_int, default=0, help="CUDA device index (with --device cuda)")
+    run.add_argument(
+        "--gpu",
+        type=non_negative_int,
+        default=0,
+        help="CUDA device index (with --device cuda); under torchrun each process uses its LOCAL_RANK's GPU",
+    )
     run.add_argument("--seed", type=int, default=42, help="seed of the one random generator")
     run.add_argument("--results-dir", type=Path, default=Path("results"), help="root of the results folders")
     run.add_argument(
