@@ -12,7 +12,10 @@ Variants (--variants, comma separated):
   bf16-cl-torchops    as bf16-cl with ISCS_OPS_FORCE_TORCH=1 (depthwise-conv FIR)
   bf16w-cl            bf16 weights (Fourier embedding kept fp32) under autocast, channels_last, eager
   bf16w-cl-graph      bf16w-cl replayed as one CUDA graph
-  bf16-cl-compile     bf16-cl through torch.compile (default mode)
+  bf16-compile        bf16 through torch.compile (default mode; inductor picks conv layouts itself)
+  bf16-cl-compile     bf16-cl through torch.compile (default mode); FIR resampling takes upfirdn2d's
+                      taps path there (pointwise, fused by inductor), not a depthwise convolution
+  bf16-cl-compile-graph     ... replayed as one CUDA graph (what models.Denoiser(cuda_graph=True) does)
   bf16w-cl-compile    bf16w-cl through torch.compile (default mode)
   bf16w-cl-compile-ro       ... mode reduce-overhead (CUDA graphs)
   bf16w-cl-compile-mat      ... mode max-autotune-no-cudagraphs
@@ -21,7 +24,9 @@ cuDNN time its algorithms (cudnn.benchmark).
 
 Usage (H100): python benchmarks/bench_network.py --variants ref,bf16,bf16-cl,bf16w-cl-compile --batch 32
 CPU smoke run: python benchmarks/bench_network.py --device cpu --image-size 32 --nf 32 --batch 4 --repeats 2
---profile NAME prints the top CUDA kernels of one variant. Full results: $OUT/bench_network.json.
+--profile NAME prints the top CUDA kernels of one variant and their device time by category
+(convolution, GEMM, attention, FIR, GroupNorm, fused Triton, layout copies, other elementwise).
+Full results: $OUT/bench_network.json.
 """
 
 from __future__ import annotations
@@ -68,7 +73,9 @@ VARIANTS = {
     "bf16-cl-torchops": Variant("autocast", True, torch_ops=True),
     "bf16w-cl": Variant("bf16-weights", True),
     "bf16w-cl-graph": Variant("bf16-weights", True, graph=True),
+    "bf16-compile": Variant("autocast", False, compile="default"),
     "bf16-cl-compile": Variant("autocast", True, compile="default"),
+    "bf16-cl-compile-graph": Variant("autocast", True, compile="default", graph=True),
     "bf16w-cl-compile": Variant("bf16-weights", True, compile="default"),
     "bf16w-cl-compile-ro": Variant("bf16-weights", True, compile="reduce-overhead"),
     "bf16w-cl-compile-mat": Variant("bf16-weights", True, compile="max-autotune-no-cudagraphs"),
@@ -195,7 +202,8 @@ def run_variant(name, spec, base, inputs, sigmas, batch, args, device):
     os.environ[FORCE_TORCH_ENV] = "1" if spec.torch_ops else "0"
     torch.backends.cudnn.benchmark = spec.cudnn_benchmark
     try:
-        with torch.inference_mode():
+        # no_grad, as models.Denoiser runs the network (so compiled graphs are the same, and cached).
+        with torch.no_grad():
             start = time.perf_counter()
             fn = capture_graph(forward) if spec.graph else forward
             out = fn()
@@ -220,8 +228,7 @@ def run_variant(name, spec, base, inputs, sigmas, batch, args, device):
                     out = fn()
                     times.append((time.perf_counter() - begin) * 1e3)
             outputs = out[:REFERENCE_BATCH].float().clone()
-            if args.profile == name:
-                profile(fn, device)
+            profiled = profile(fn, device) if args.profile == name else None
     finally:
         if previous_env is None:
             os.environ.pop(FORCE_TORCH_ENV, None)
@@ -236,6 +243,7 @@ def run_variant(name, spec, base, inputs, sigmas, batch, args, device):
         first_call_s=first_s,
         peak_gib=peak,
         times_ms=times,
+        profile_ms_by_category=profiled,
         **spec._asdict(),
     )
     if device.type == "cuda":
@@ -245,17 +253,51 @@ def run_variant(name, spec, base, inputs, sigmas, batch, args, device):
     return row, outputs
 
 
-def profile(fn, device):
+KERNEL_CATEGORIES = {
+    "fused Triton (inductor)": ("triton_",),
+    "convolution (cuDNN)": ("conv", "xmma", "implicit", "dgrad", "wgrad", "fprop", "winograd"),
+    "GEMM": ("gemm", "cutlass", "matmul", "sm90_"),
+    "attention": ("flash", "fmha", "attention", "softmax"),
+    "FIR (upfirdn2d)": ("upfirdn2d",),
+    "GroupNorm (eager)": ("group_norm", "groupnorm", "rowwisemoments", "compute_stats"),
+    "layout copies": ("nchwtonhwc", "nhwctonchw", "copy", "transpose", "permute"),
+}
+"""Category -> lower-case substrings of the CUDA kernel names it collects (first match wins)."""
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    return next(
+        (c for c, keys in KERNEL_CATEGORIES.items() if any(k in lowered for k in keys)), "other elementwise"
+    )
+
+
+def profile(fn, device, repeats=3):
+    """Print the top kernels of repeats calls of fn and their device time per call by category.
+
+    Returns {category: ms per call}."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        for _ in range(3):
+        for _ in range(repeats):
             fn()
         synchronize(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=30, max_name_column_width=70))
+    categories = {}
+    for event in events:
+        self_us = getattr(event, key, 0.0) if device.type == "cuda" else 0.0
+        if self_us > 0:
+            category = kernel_category(event.key)
+            categories[category] = categories.get(category, 0.0) + self_us / 1e3 / repeats
+    total = sum(categories.values()) or 1.0
+    print(f"{'device time per call by category':34s} {'ms':>9s} {'share':>7s}")
+    for category, ms in sorted(categories.items(), key=lambda item: -item[1]):
+        print(f"{category:34s} {ms:9.2f} {100 * ms / total:6.1f}%")
+    return categories
 
 
 def main():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from op import no_autocast, upfirdn2d
+from op._extension import is_compiling
 
 SKIP_RESCALE = math.sqrt(2.0)
 """Residual sums are divided by this when skip_rescale is on."""
@@ -54,11 +55,42 @@ def linear(in_features, out_features, generator=None):
     return layer
 
 
+def group_norm_channelwise(x, groups, weight, bias, eps):
+    """F.group_norm (population variance) from per-channel statistics, in fp32 (fp64 for fp64 x),
+    returned in x's dtype.
+
+    Each channel's mean and variance are reduced over its pixels, and a group's are combined
+    exactly (mean of means; mean of variances plus the variance of the means). Reducing over the
+    pixels of one channel reads channels_last memory with the channels side by side, where the
+    reduction over a whole group would read it with a stride of C; the normalisation is then one
+    per-channel scale and shift, which a compiler fuses with what follows (activation, casts).
+    """
+    n, c = x.shape[:2]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(x.to(compute), dim=tuple(range(2, x.dim())), correction=0)
+    mean, var = mean.view(n, groups, -1), var.view(n, groups, -1)
+    group_mean = mean.mean(dim=2, keepdim=True)
+    group_var = var.mean(dim=2, keepdim=True) + (mean - group_mean).square().mean(dim=2, keepdim=True)
+    scale = torch.rsqrt(group_var + eps) * weight.to(compute).view(1, groups, -1)
+    shift = bias.to(compute).view(1, groups, -1) - group_mean * scale
+    shape = (n, c) + (1,) * (x.dim() - 2)
+    return (x.to(compute) * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+
+def _group_norm_library(x, groups, weight, bias, eps):
+    return F.group_norm(x, groups, weight.to(x.dtype), bias.to(x.dtype), eps)
+
+
+_GROUP_NORM = {"eager": _group_norm_library, "traced": group_norm_channelwise}
+"""'traced' while torch.compile traces (fused, layout-friendly statistics), else 'eager' (library kernel)."""
+
+
 class GroupNorm(nn.GroupNorm):
     """GroupNorm with min(C // 4, 32) groups and eps 1e-6 that keeps its input's dtype under autocast.
 
-    Statistics are accumulated in fp32 by the kernel either way; keeping bf16 activations in bf16
-    avoids fp32 copies of every feature map (identical results in fp32).
+    Statistics are accumulated in fp32 either way; keeping bf16 activations in bf16 avoids fp32
+    copies of every feature map (identical results in fp32). Eager runs use the library kernel;
+    under torch.compile the statistics come per channel (group_norm_channelwise).
     """
 
     def __init__(self, channels):
@@ -72,7 +104,8 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, x):
         with no_autocast(x):
-            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+            path = "traced" if is_compiling() else "eager"
+            return _GROUP_NORM[path](x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class NIN(nn.Module):

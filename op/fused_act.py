@@ -94,10 +94,12 @@ class _FusedBiasAct(torch.autograd.Function):
     def backward(ctx, grad):
         x, b = ctx.saved_tensors
         code, alpha, gain, bias_dtype = ctx.params
-        grad_x = load_extension().fused_bias_act_backward(grad, x, b, code, alpha, gain)
-        grad_b = None
-        if bias_dtype is not None:
-            dims = [d for d in range(grad_x.dim()) if d != 1]
-            total = torch.float64 if grad_x.dtype == torch.float64 else torch.float32
-            grad_b = grad_x.sum(dim=dims, dtype=total).to(bias_dtype)
-        return grad_x, grad_b, None, None, None
+        backward = load_extension().fused_bias_act_backward
+        if bias_dtype is None:
+            return backward(grad, x, b, code, alpha, gain), None, None, None, None
+        # The bias gradient sums the per-element gradients before they are rounded to x's dtype,
+        # as the torch path's autograd does, so the kernel runs in the compute dtype here.
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        full = backward(grad.to(compute), x.to(compute), b.to(compute), code, alpha, gain)
+        dims = [d for d in range(full.dim()) if d != 1]
+        return full.to(x.dtype), full.sum(dim=dims).to(bias_dtype), None, None, None

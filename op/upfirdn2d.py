@@ -1,14 +1,22 @@
 """upfirdn2d: upsample by zero insertion, pad, filter with a 2-D FIR kernel, downsample.
 
-The CUDA kernel (fp32, fp16, bf16, fp64) runs for CUDA tensors; the pure-torch path computes the
-same function with depthwise (transposed) convolutions and is used on CPU, under torch.compile,
-when the kernel cannot be built, and when ISCS_OPS_FORCE_TORCH=1.
+Three paths compute the same function (``PATHS``):
+
+- ``cuda``: the CUDA kernel (fp32, fp16, bf16, fp64), for CUDA tensors in eager mode;
+- ``torch``: depthwise (transposed) convolutions, on CPU, when the kernel cannot be built, and
+  when ISCS_OPS_FORCE_TORCH=1;
+- ``taps``: a sum of shifted, strided slices of the input (one per kernel tap, polyphase for
+  upsampling), chosen while torch.compile traces: it is pure pointwise work, which the compiler
+  fuses with its neighbours into one memory-bound kernel, where a depthwise convolution would be
+  an opaque (and in channels_last bf16, slow) library call.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-from op._extension import load_extension, no_autocast, use_cuda_kernels
+from op._extension import is_compiling, load_extension, no_autocast, use_cuda_kernels
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad=(0, 0)) -> torch.Tensor:
@@ -30,9 +38,14 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
         Gradients flow to x (the kernel is treated as a constant).
     """
     pads = _check_args(x, kernel, up, down, pad)
-    if use_cuda_kernels(x):
-        return _UpFirDn2d.apply(x, kernel, up, down, pads, "cuda")
-    return upfirdn2d_torch(x, kernel, up, down, pads)
+    return PATHS[choose_path(x)](x, kernel, up, down, pads)
+
+
+def choose_path(x: torch.Tensor) -> str:
+    """The key of ``PATHS`` that upfirdn2d takes for x: taps while tracing, else cuda or torch."""
+    if is_compiling():
+        return "taps"
+    return "cuda" if use_cuda_kernels(x) else "torch"
 
 
 def upfirdn2d_torch(x: torch.Tensor, kernel: torch.Tensor, up: int, down: int, pads) -> torch.Tensor:
@@ -58,6 +71,68 @@ def upfirdn2d_torch(x: torch.Tensor, kernel: torch.Tensor, up: int, down: int, p
             padding = (0, 0)
         taps = weight.flip([0, 1])[None, None].repeat(channels, 1, 1, 1)
         return F.conv2d(x, taps, stride=down, padding=padding, groups=channels)
+
+
+class _AxisPlan:
+    """How one axis of upfirdn2d reads its input: output phases, each a list of (tap, input offset).
+
+    Output sample ``up * j + r`` (phase r; ``down * j`` when up is 1) is the sum over the phase's
+    taps t of ``flipped_kernel[t] * x[j * step + offset]``, where only the taps that meet an
+    inserted sample (not a zero) are listed. The input is zero-padded by ``before`` and ``after``
+    so that every slice lies inside it.
+    """
+
+    def __init__(self, length: int, k: int, up: int, down: int, p0: int, p1: int):
+        self.size = (length * up + p0 + p1 - k) // down + 1
+        self.step = down
+        self.count = math.ceil(self.size / up)
+        self.phases = [
+            [(t, (r + t - p0) // up) for t in range(k) if (r + t - p0) % up == 0] for r in range(up)
+        ]
+        offsets = [offset for phase in self.phases for _, offset in phase] or [0]
+        self.before = max(0, -min(offsets))
+        self.after = max(0, max(offsets) + (self.count - 1) * down + 1 - length)
+
+    def window(self, offset: int) -> slice:
+        start = self.before + offset
+        return slice(start, start + (self.count - 1) * self.step + 1, self.step)
+
+
+def upfirdn2d_taps(x: torch.Tensor, kernel: torch.Tensor, up: int, down: int, pads) -> torch.Tensor:
+    """upfirdn2d on checked arguments as a sum of shifted, strided slices of x; runs in x's dtype.
+
+    Upsampling works phase by phase (only the kernel taps that meet real samples), and the phases
+    are interleaved by stack and reshape; with both up and down above 1 the zeros are inserted
+    first. Every step is indexing or pointwise, so a compiler fuses the whole op.
+    """
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if up > 1 and down > 1:
+        n, c, h, w = x.shape
+        x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
+        up = 1
+    px0, px1, py0, py1 = pads
+    kh, kw = kernel.shape
+    rows = _AxisPlan(x.shape[2], kh, up, down, py0, py1)
+    cols = _AxisPlan(x.shape[3], kw, up, down, px0, px1)
+    taps = kernel.to(device=x.device, dtype=x.dtype).flip([0, 1])
+    with no_autocast(x):
+        padded = F.pad(x, [cols.before, cols.after, rows.before, rows.after])
+        phase_rows = []
+        for row_phase in rows.phases:
+            phase_cols = []
+            for col_phase in cols.phases:
+                terms = [
+                    taps[ty, tx] * padded[:, :, rows.window(oy), cols.window(ox)]
+                    for ty, oy in row_phase
+                    for tx, ox in col_phase
+                ]
+                empty = x.new_zeros(x.shape[0], x.shape[1], rows.count, cols.count)
+                phase_cols.append(sum(terms[1:], terms[0]) if terms else empty)
+            phase_rows.append(torch.stack(phase_cols, dim=-1))
+        out = torch.stack(phase_rows, dim=3).reshape(
+            x.shape[0], x.shape[1], rows.count * up, cols.count * up
+        )[:, :, : rows.size, : cols.size]
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _transposed_conv_padding(kernel_shape, up, down, pads):
@@ -112,6 +187,14 @@ class _UpFirDn2d(torch.autograd.Function):
         )
         grad_x = _UpFirDn2d.apply(grad, kernel.flip([0, 1]), down, up, grad_pads, backend)
         return grad_x, None, None, None, None, None
+
+
+PATHS = {
+    "cuda": lambda x, kernel, up, down, pads: _UpFirDn2d.apply(x, kernel, up, down, pads, "cuda"),
+    "torch": upfirdn2d_torch,
+    "taps": upfirdn2d_taps,
+}
+"""path name -> f(x, kernel, up, down, pads (x0, x1, y0, y1)) on checked arguments."""
 
 
 def _check_args(x, kernel, up, down, pad):
