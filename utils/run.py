@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 
 import algorithms
+from utils import distributed
 from utils.cli import PRIOR_METHODS, ScriptProfile, parse_args
 from utils.figures import save_scroll_gif, save_slices_figure
 from utils.io import Meta, read_volume
@@ -59,17 +60,14 @@ class Run:
 
 
 def resolve_device(args: argparse.Namespace) -> torch.device:
-    """The compute device from ``--device`` and ``--gpu``; asking for a GPU that is not there is an error."""
+    """The compute device from ``--device`` and ``--gpu`` (under torchrun: the local rank's GPU);
+    asking for a GPU that is not there is an error."""
     if args.device == "cpu":
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise ValueError("--device cuda: no CUDA GPU is available here; accepted: --device cpu")
-    if args.gpu >= count:
-        raise ValueError(
-            f"--gpu {args.gpu}: this machine has {count} CUDA device(s); accepted: 0..{count - 1}"
-        )
-    return torch.device("cuda", args.gpu)
+    return torch.device("cuda", distributed.cuda_index(args.gpu, count))
 
 
 def load_prior(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
@@ -124,7 +122,9 @@ def _reconstruct_with_prior(run: Run) -> torch.Tensor:
     from models import Denoiser
 
     args = run.args
-    denoiser = Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision)
+    denoiser = distributed.slice_parallel(
+        Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision)
+    )
     main_baseline = next(iter(run.baselines.values()))
     return algorithms.reconstruct(
         args.method,
@@ -144,7 +144,7 @@ def _reconstruct_with_prior(run: Run) -> torch.Tensor:
         x_init=main_baseline if args.use_init else None,
         generator=run.generator,
         callback=_intermediates_saver(run) if args.save_intermediates else None,
-        disable=not sys.stderr.isatty(),
+        disable=not (sys.stderr.isatty() and distributed.is_main_process()),
     )
 
 
@@ -220,6 +220,10 @@ def _execute(run: Run) -> None:
 
     with _stage(f"reconstruction ({args.method})"):
         recon = METHOD_RUNNERS[args.method](run)
+    # Rank 0 evaluates and writes only what every rank finished; the other ranks are done here.
+    distributed.check_peers()
+    if not distributed.is_main_process():
+        return
 
     # Metrics and figures compare volumes in the normalised [0, 1] space of the ground truth.
     gt = task.to_volume(run.gt)
@@ -238,7 +242,7 @@ def _execute(run: Run) -> None:
     folder.volume("recon", volumes["recon"])
 
 
-def run(args: argparse.Namespace, command: Sequence[str] = ()) -> Path:
+def run(args: argparse.Namespace, command: Sequence[str] = ()) -> Optional[Path]:
     """Run one reconstruction as the parsed options say; returns the results folder.
 
     ``command`` is the command line recorded in ``args.yaml``.
@@ -247,9 +251,20 @@ def run(args: argparse.Namespace, command: Sequence[str] = ()) -> Path:
     ``args.yaml`` and ``run.log``; the simulated measurement, the baselines, the reconstruction,
     ``metrics.json``/``metrics.txt``, figures and ``recon.nii.gz``; the folder's ``INCOMPLETE``
     marker goes away only when all of it is written.
+
+    Under ``torchrun`` every rank runs all of it on the whole volume except the network, whose
+    slices the ranks share (``utils.distributed``); only rank 0 writes, and its folder is returned
+    (None on the other ranks). A failure on any rank ends every rank with that error.
     """
-    task = TASKS[args.task]
     device = resolve_device(args)
+    with distributed.session(device) as launch:
+        return _run(args, device, launch, command)
+
+
+def _run(
+    args: argparse.Namespace, device: torch.device, launch: distributed.Launch, command: Sequence[str]
+) -> Optional[Path]:
+    task = TASKS[args.task]
     array, meta = read_volume(args.data)
     net = load_prior(args, device) if args.method in PRIOR_METHODS else None
     resolve_options(args, net)
@@ -266,14 +281,23 @@ def run(args: argparse.Namespace, command: Sequence[str] = ()) -> Path:
         args.method,
         problem_name(problem_options(args)),
     )
-    folder = RunFolder(create_run_dir(parent), meta)
+    # Every rank is ready (input, prior, operator) before rank 0 creates the results folder.
+    distributed.check_peers()
+    folder = RunFolder(create_run_dir(parent), meta) if launch.is_main else distributed.NullFolder()
     folder.start_log()
     try:
         log.info("results folder: %s", folder.path)
+        if launch.world_size > 1 and args.method not in PRIOR_METHODS:
+            log.warning(
+                "%s has no network to share: each of the %d processes computes all of it",
+                args.method,
+                launch.world_size,
+            )
         log.info("ground truth: %d slices of %d x %d on %s", gt.shape[0], gt.shape[2], gt.shape[3], device)
         if net is not None:
             log.info("prior: %s (sigma %g .. %g)", args.checkpoint_path, args.sigma_min, args.sigma_max)
-        folder.yaml("args.yaml", {"options": vars(args), **environment(device, command)})
+        record = {"options": vars(args), **environment(device, command), "processes": launch.world_size}
+        folder.yaml("args.yaml", record)
         generator = torch.Generator(device=device).manual_seed(args.seed)
         _execute(Run(args, task, gt, meta, net, noise, op, folder, generator))
         folder.complete()
@@ -293,13 +317,25 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``argv`` with ``profile``'s defaults and run; returns the process exit code."""
+    """Parse ``argv`` with ``profile``'s defaults and run; returns the process exit code.
+
+    Under torchrun only rank 0 logs and prints errors, its own or a failed peer's; another rank
+    prints only an error that could not reach rank 0. A rank stopped by a peer's failure exits
+    with code 0, so that torchrun names the rank that failed (and exits non-zero itself).
+    """
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = parse_args(profile, argv)
-    with console_logging():
+    is_main = distributed.launch_from_env().is_main
+    with console_logging() if is_main else distributed.silent_logging(), contextlib.ExitStack() as group:
         try:
+            # The process group outlives the error printed below, so no rank exits before rank 0 printed it.
+            group.enter_context(distributed.session(resolve_device(args)))
             run(args, [profile.prog, *argv])
         except EXPECTED_ERRORS as err:
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            if is_main or not distributed.reported(err):
+                print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
+        except distributed.PeerFailure as err:
+            if is_main:
+                print(f"error: {_one_line(err)}", file=sys.stderr)
     return 0
