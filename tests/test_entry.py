@@ -306,6 +306,13 @@ def test_cuda_without_gpu_is_an_error(inputs, tmp_path, capsys):
     assert "error: --device cuda: no CUDA GPU is available" in capsys.readouterr().err
 
 
+def test_compile_on_cpu_is_an_error(inputs, tmp_path, capsys):
+    code = recon_CBCT.main(_flags(data=inputs["ct"], device="cpu", compile="", results_dir=tmp_path / "r"))
+    assert code == 2
+    assert "error: --compile runs the network in a CUDA graph" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_process_exit_code_and_no_traceback(tmp_path):
     argv = _flags(data=tmp_path / "absent.nii.gz", method="ADMM-TV", device="cpu", results_dir=tmp_path / "r")
     result = subprocess.run(

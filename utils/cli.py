@@ -208,6 +208,13 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         help="slices per network call; None: chosen from free memory",
     )
     sampler.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision")
+    sampler.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="CUDA only: run the network compiled (torch.compile), channels_last and in a CUDA graph; "
+        "about 3x faster with --precision bf16, after 15-60 s of compiling at the first step",
+    )
 
     admm = parser.add_argument_group("ADMM-TV (defaults: algorithms.admm_tv's)")
     admm.add_argument(

@@ -62,6 +62,8 @@ class Run:
 def resolve_device(args: argparse.Namespace) -> torch.device:
     """The compute device from ``--device`` and ``--gpu`` (under torchrun: the local rank's GPU);
     asking for a GPU that is not there is an error."""
+    if args.compile and args.device == "cpu":
+        raise ValueError("--compile runs the network in a CUDA graph; accepted: --device cuda, or --no-compile")
     if args.device == "cpu":
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -122,8 +124,9 @@ def _reconstruct_with_prior(run: Run) -> torch.Tensor:
     from models import Denoiser
 
     args = run.args
+    fast = {"channels_last": True, "compile": True, "cuda_graph": True} if args.compile else {}
     denoiser = distributed.slice_parallel(
-        Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision)
+        Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision, **fast)
     )
     main_baseline = next(iter(run.baselines.values()))
     return algorithms.reconstruct(
