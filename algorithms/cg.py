@@ -43,6 +43,8 @@ def conjugate_gradient(
     """
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+    if x0 is not None and x0.shape != b.shape:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}; accepted: the shape of b, {tuple(b.shape)}")
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - apply_A(x) if x0 is not None else b.clone()
     p = r.clone()

@@ -102,7 +102,7 @@ class IscsNoise:
 
     Args:
         span: scales the angular spread of the slices around the path's centre; 1 is the
-            reference's spacing (the slices together cover the quarter circle from z0 to z1),
+            reference's spacing (for many slices they cover nearly the quarter circle from z0 to z1),
             0 gives the same noise for every slice, larger values spread neighbours further apart.
     """
 

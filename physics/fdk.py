@@ -53,12 +53,20 @@ def ramp_filter(n: int, spacing: float, window: str, dtype: torch.dtype, device)
 
 
 def _angular_weights(angles: torch.Tensor) -> torch.Tensor:
-    """The angle each view stands for: the median gap between consecutive kept views (circular)."""
-    if angles.numel() == 1:
+    """The angle each view stands for: half the gaps to its two neighbouring kept views (circular).
+
+    Uneven spacings (SVCT counts that do not divide 360) thus still sum to 2 pi. A gap wider than
+    twice the even spacing is the open side of a limited arc; it counts as the median gap there, so
+    a limited arc keeps its own angular extent (without short-scan weights its FDK is dim).
+    """
+    count = angles.numel()
+    if count == 1:
         return torch.full_like(angles, 2 * math.pi)
-    ordered = torch.sort(torch.remainder(angles, 2 * math.pi)).values
+    ordered, order = torch.sort(torch.remainder(angles, 2 * math.pi))
     gaps = torch.diff(torch.cat([ordered, ordered[:1] + 2 * math.pi]))
-    return torch.full_like(angles, float(gaps.median()))
+    gaps = torch.where(gaps > 2 * (2 * math.pi / count), gaps.median(), gaps)
+    sorted_weights = 0.5 * (gaps + torch.roll(gaps, 1))
+    return torch.empty_like(sorted_weights).scatter_(0, order, sorted_weights)
 
 
 def fdk(

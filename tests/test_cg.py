@@ -1,5 +1,6 @@
 """The one conjugate-gradient solver: exactness, monotone error, and stability past convergence."""
 
+import pytest
 import torch
 
 from algorithms.cg import conjugate_gradient
@@ -56,3 +57,9 @@ def test_tolerance_stops_early(gen):
     calls = []
     conjugate_gradient(lambda v: A @ v, b, n_iter=100, tol=1e-6, callback=lambda k, x, r: calls.append(k))
     assert len(calls) < 100
+
+
+def test_a_starting_point_of_another_shape_is_rejected(gen):
+    b = torch.randn(2, 1, 3, 3, generator=gen)
+    with pytest.raises(ValueError, match=r"x0 has shape \(2, 3, 3\)"):
+        conjugate_gradient(lambda v: v, b, x0=torch.zeros(2, 3, 3), n_iter=1)

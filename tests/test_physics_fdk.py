@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from physics import FDK_WINDOWS, ConeBeamCT, ConeBeamGeometry, fdk, select_views
-from physics.fdk import ramp_filter
+from physics.fdk import _angular_weights, ramp_filter
 
 # (centre x, y, z in units of the half-width, semi-axes likewise, rotation about z in radians, value)
 ELLIPSOIDS = [
@@ -168,3 +168,13 @@ def test_central_slice_matches_astra_fanflat():
         astra.projector.delete(projector)
     # Measured: 8.2e-4 against the strip kernel (Joseph vs. area weights).
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 3e-3
+
+
+def test_angular_weights_cover_the_circle_for_every_sparse_view_count():
+    # Counts that do not divide 360 leave two gap sizes; each view must still stand for its own share.
+    full = torch.linspace(0, 2 * math.pi, 361, dtype=torch.float64)[:-1]
+    for count in range(2, 361):
+        weights = _angular_weights(full[select_views("SVCT", count)])
+        assert abs(float(weights.sum()) - 2 * math.pi) < 1e-9, count
+    arc = _angular_weights(full[select_views("LACT", 100)])
+    torch.testing.assert_close(arc, torch.full_like(arc, math.radians(1.0)))

@@ -147,7 +147,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         "--w-tik", type=non_negative_float, default=0.0, help="DDS proximal (Tikhonov) weight"
     )
     sampler.add_argument(
-        "--w-dz", type=non_negative_float, default=0.0, help="DDS+TV weight of the TV along z, relative to ||A||^2 (0: off)"
+        "--w-dz", type=non_negative_float, default=0.0, help="DDS+TV weight of the TV across the prior's slices (CBCT: z, ZSR: y), relative to ||A||^2 (0: off)"
     )
     sampler.add_argument(
         "--sigma-max",
