@@ -13,7 +13,11 @@ Every run reconstructs the same problem with the same seed:
   output is not trivial; the timing does not depend on the weights;
 - sampler: DDS (``--num-cg`` CG iterations), ISCS noise, DDS re-noising, ``models.Denoiser`` in
   ``--precision`` with ``--slice-batch`` slices per network call, wrapped by
-  ``utils.distributed.DistributedDenoiser`` when N > 1.
+  ``utils.distributed.DistributedDenoiser`` when N > 1;
+- data consistency (``--dc``, each mode run for every N > 1): ``views`` splits the projector's views
+  over the ranks (``utils.distributed.view_parallel``, the default of the entry scripts; exact on
+  the Triton backend only, so on CPU it falls back to ``replicated``), ``replicated`` has every
+  rank apply the whole operator.
 
 Each run first samples ``--warmup`` levels (cuDNN and Triton warm-up), then times ``--nfe``
 levels: seconds per NFE (median over levels, CUDA-synchronised), and per NFE the network time
@@ -54,6 +58,7 @@ from utils import distributed  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 RESULT_NAME = "bench_multigpu.json"
+DC_MODES = ("views", "replicated")
 
 
 def parse_args(argv=None):
@@ -74,9 +79,11 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed levels run first")
     parser.add_argument("--slice-batch", type=int, default=32, help="slices per network call")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--dc", default="views,replicated", help="data-consistency modes (comma list)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900, help="seconds one torchrun launch may take")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dc-mode", choices=DC_MODES, default="views", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -144,6 +151,7 @@ def run_worker(args) -> None:
         geometry = ConeBeamGeometry.for_volume(tuple(hu.shape))
         op = ConeBeamCT(geometry, views=select_views("SVCT", args.views), device=device)
         y = op.A(gt)
+        op_dc, y_dc = distributed.view_parallel(op, y) if args.dc_mode == "views" else (op, y)
         network = Timed(Denoiser(net, slice_batch=args.slice_batch, precision=args.precision), device)
         denoiser = Timed(distributed.slice_parallel(network), device)
         sigma_min, sigma_max = float(config.model.sigma_min), float(config.model.sigma_max)
@@ -152,8 +160,8 @@ def run_worker(args) -> None:
         warm = algorithms.get_sigmas(max(args.warmup, 1), sigma_min, sigma_max)
         sample_levels(
             denoiser,
-            op,
-            y,
+            op_dc,
+            y_dc,
             tuple(gt.shape),
             warm,
             args.num_cg,
@@ -171,7 +179,7 @@ def run_worker(args) -> None:
         sigmas = algorithms.get_sigmas(args.nfe, sigma_min, sigma_max)
         start = time.perf_counter()
         x = sample_levels(
-            denoiser, op, y, tuple(gt.shape), sigmas, args.num_cg, generator, timers, step_times
+            denoiser, op_dc, y_dc, tuple(gt.shape), sigmas, args.num_cg, generator, timers, step_times
         )
         synchronize(device)
         total = time.perf_counter() - start
@@ -195,6 +203,8 @@ def run_worker(args) -> None:
             nfe = args.nfe
             row = {
                 "nprocs": launch.world_size,
+                "dc": args.dc_mode,
+                "dc_views_per_rank": op_dc.views.numel(),
                 "s_per_nfe": statistics.median(step_times),
                 "s_per_nfe_mean": total / nfe,
                 "network_s_per_nfe": max(r["network_s"] for r in ranks) / nfe,
@@ -217,7 +227,7 @@ def run_worker(args) -> None:
 # ----------------------------------------------------------------------------------- driver side
 
 
-def launch(args, argv, nprocs: int, result: Path) -> subprocess.CompletedProcess:
+def launch(args, argv, nprocs: int, mode: str, result: Path) -> subprocess.CompletedProcess:
     """This script under torchrun with ``nprocs`` processes and the driver's ``argv``; NVLink
     multicast stays off."""
     env = dict(os.environ)
@@ -226,7 +236,7 @@ def launch(args, argv, nprocs: int, result: Path) -> subprocess.CompletedProcess
     # torchrun gives each process one CPU thread when it starts several; every row gets the same.
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nprocs}"]
-    command += [str(Path(__file__).resolve()), *argv, "--worker", "--result", str(result)]
+    command += [str(Path(__file__).resolve()), *argv, "--worker", "--dc-mode", mode, "--result", str(result)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
 
 
@@ -241,6 +251,10 @@ def main(argv=None) -> int:
         run_worker(args)
         return 0
     counts = [int(n) for n in args.nprocs.split(",") if n.strip()]
+    modes = [m.strip() for m in args.dc.split(",") if m.strip()]
+    if not modes or any(m not in DC_MODES for m in modes):
+        print(f"--dc {args.dc}: a comma list of {', '.join(DC_MODES)} is accepted", file=sys.stderr)
+        return 2
     available = torch.cuda.device_count() if args.device == "cuda" else max(counts)
     skipped = [n for n in counts if n > available]
     counts = [n for n in counts if n <= available]
@@ -254,25 +268,28 @@ def main(argv=None) -> int:
     )
     rows, volumes = [], {}
     with tempfile.TemporaryDirectory() as scratch:
-        for nprocs in counts:
-            result = Path(scratch) / f"n{nprocs}.json"
+        # One process has nothing to split: it runs once, as the baseline of every mode.
+        runs = [(n, mode) for n in counts for mode in (modes[:1] if n == 1 else modes)]
+        for nprocs, mode in runs:
+            result = Path(scratch) / f"n{nprocs}-{mode}.json"
             begin = time.perf_counter()
             try:
-                done = launch(args, argv, nprocs, result)
+                done = launch(args, argv, nprocs, mode, result)
                 failed = done.returncode != 0 or not result.exists()
                 message = done.stderr[-1500:] if failed else ""
             except subprocess.TimeoutExpired:
                 failed, message = True, f"timed out after {args.timeout} s"
             if failed:
-                rows.append({"nprocs": nprocs, "error": message})
-                print(f"{nprocs} process(es) failed:\n{message}", flush=True)
+                rows.append({"nprocs": nprocs, "dc": mode, "error": message})
+                print(f"{nprocs} process(es), DC {mode}, failed:\n{message}", flush=True)
                 continue
             row = json.loads(result.read_text())
             row["launch_s"] = time.perf_counter() - begin
-            volumes[nprocs] = torch.load(result.with_suffix(".pt"))
+            volumes[nprocs, mode] = torch.load(result.with_suffix(".pt"))
             rows.append(row)
             print(
-                f"{nprocs} process(es): {row['s_per_nfe']:.3f} s/NFE, launch {row['launch_s']:.0f} s",
+                f"{nprocs} process(es), DC {mode}: {row['s_per_nfe']:.3f} s/NFE, "
+                f"launch {row['launch_s']:.0f} s",
                 flush=True,
             )
 
@@ -282,21 +299,21 @@ def main(argv=None) -> int:
             continue
         row["speedup"] = base["s_per_nfe"] / row["s_per_nfe"]
         row["efficiency"] = row["speedup"] / row["nprocs"]
-        diff = (volumes[row["nprocs"]] - volumes[1]).abs()
-        row["max_abs_diff_vs_1"] = diff.max().item()
-        row["bitwise_equal_to_1"] = bool(torch.equal(volumes[row["nprocs"]], volumes[1]))
+        volume, single = volumes[row["nprocs"], row["dc"]], volumes[1, base["dc"]]
+        row["max_abs_diff_vs_1"] = (volume - single).abs().max().item()
+        row["bitwise_equal_to_1"] = bool(torch.equal(volume, single))
 
     print(
-        f"\n{'procs':>5s} {'s/NFE':>7s} {'speed-up':>8s} {'effic.':>6s} {'net s':>7s} {'gather s':>8s} "
+        f"\n{'procs':>5s} {'DC':>10s} {'V/rank':>6s} {'s/NFE':>7s} {'speed-up':>8s} {'effic.':>6s} {'net s':>7s} {'gather s':>8s} "
         f"{'DC s':>6s} {'other s':>7s} {'peak GiB':>8s} {'ranks agree':>11s} {'max|diff| vs 1':>14s}"
     )
     for row in rows:
         if "error" in row:
-            print(f"{row['nprocs']:5d}  failed (see above)")
+            print(f"{row['nprocs']:5d} {row['dc']:>10s}  failed (see above)")
             continue
         peak = f"{row['peak_gib']:8.2f}" if row["peak_gib"] is not None else f"{'-':>8s}"
         print(
-            f"{row['nprocs']:5d} {row['s_per_nfe']:7.3f} {row.get('speedup', float('nan')):8.2f} "
+            f"{row['nprocs']:5d} {row['dc']:>10s} {row['dc_views_per_rank']:6d} {row['s_per_nfe']:7.3f} {row.get('speedup', float('nan')):8.2f} "
             f"{row.get('efficiency', float('nan')):6.2f} {row['network_s_per_nfe']:7.3f} "
             f"{row['gather_s_per_nfe']:8.4f} {row['dc_s_per_nfe']:6.3f} {row['other_s_per_nfe']:7.3f} {peak} "
             f"{str(row['ranks_agree_bitwise']):>11s} {row.get('max_abs_diff_vs_1', float('nan')):14.3g}"

@@ -4,6 +4,10 @@ This module imports Triton at its top, so the rest of the package imports it onl
 functions that run on the Triton backend. One program handles a block of consecutive detector cells
 of one view; each ray loops over the voxel planes it can touch (the block's union of ray ranges).
 The adjoint scatters the same weights with atomic adds, so it is the exact transpose of the forward.
+It adds them as 64-bit fixed-point integers, which makes the result independent of the order in
+which the atomics land: float atomics would give a slightly different volume on every call, which
+would break bitwise reproducibility of whole reconstructions (and agreement between the ranks of a
+multi-GPU run, which each apply the operator).
 """
 
 from __future__ import annotations
@@ -102,20 +106,47 @@ def _forward_kernel(x_ptr, y_ptr, vec_ptr, rows, cols, depth, height, width, sca
 
 
 @triton.jit
-def _adjoint_kernel(y_ptr, x_ptr, vec_ptr, rows, cols, depth, height, width, scale, BLOCK_SIZE: tl.constexpr):
+def _adjoint_bound_kernel(
+    y_ptr, bound_ptr, vec_ptr, rows, cols, depth, height, width, scale, BLOCK_SIZE: tl.constexpr
+):
+    """Per program: the largest |y| * length * scale of its rays, a bound on any one contribution."""
+    view, offs, ray_mask, a0, ra, z0, rz, length, n_planes, size_a, stride_a, stride_k, k_start, k_stop = (
+        _ray_setup(vec_ptr, rows, cols, depth, height, width, BLOCK_SIZE)
+    )
+    value = tl.load(y_ptr + view * rows * cols + offs, mask=ray_mask, other=0.0) * length * scale
+    tl.store(bound_ptr + view * tl.num_programs(0) + tl.program_id(0), tl.max(tl.abs(value), axis=0))
+
+
+@triton.jit
+def _adjoint_kernel(
+    y_ptr, acc_ptr, vec_ptr, fixed_ptr, rows, cols, depth, height, width, scale, BLOCK_SIZE: tl.constexpr
+):
     view, offs, ray_mask, a0, ra, z0, rz, length, n_planes, size_a, stride_a, stride_k, k_start, k_stop = (
         _ray_setup(vec_ptr, rows, cols, depth, height, width, BLOCK_SIZE)
     )
     plane = height * width
+    fixed = tl.load(fixed_ptr)
     value = tl.load(y_ptr + view * rows * cols + offs, mask=ray_mask, other=0.0) * length * scale
     for k in range(k_start, k_stop):
         off, fa, fz, m00, m10, m01, m11 = _corner_terms(
             k, a0, ra, z0, rz, n_planes, size_a, stride_a, stride_k, ray_mask, depth, plane
         )
-        tl.atomic_add(x_ptr + off, value * (1.0 - fa) * (1.0 - fz), mask=m00, sem="relaxed")
-        tl.atomic_add(x_ptr + off + stride_a, value * fa * (1.0 - fz), mask=m10, sem="relaxed")
-        tl.atomic_add(x_ptr + off + plane, value * (1.0 - fa) * fz, mask=m01, sem="relaxed")
-        tl.atomic_add(x_ptr + off + plane + stride_a, value * fa * fz, mask=m11, sem="relaxed")
+        w00 = (value * (1.0 - fa) * (1.0 - fz)).to(tl.float64) * fixed
+        w10 = (value * fa * (1.0 - fz)).to(tl.float64) * fixed
+        w01 = (value * (1.0 - fa) * fz).to(tl.float64) * fixed
+        w11 = (value * fa * fz).to(tl.float64) * fixed
+        tl.atomic_add(acc_ptr + off, w00.to(tl.int64), mask=m00, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + stride_a, w10.to(tl.int64), mask=m10, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + plane, w01.to(tl.int64), mask=m01, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + plane + stride_a, w11.to(tl.int64), mask=m11, sem="relaxed")
+
+
+@triton.jit
+def _fixed_to_float_kernel(acc_ptr, x_ptr, fixed_ptr, numel, BLOCK_SIZE: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < numel
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0)
+    tl.store(x_ptr + offs, (acc.to(tl.float64) / tl.load(fixed_ptr)).to(tl.float32), mask=mask)
 
 
 def _check(t: torch.Tensor) -> None:
@@ -138,14 +169,37 @@ def forward(volume: torch.Tensor, vecs: torch.Tensor, det_shape, voxel_size: flo
     return out
 
 
-def adjoint(proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float) -> torch.Tensor:
-    """Transpose of :func:`forward`: [V, rows, cols] -> [D, H, W]."""
+def adjoint(
+    proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
+) -> torch.Tensor:
+    """Transpose of :func:`forward`: [V, rows, cols] -> [D, H, W], bitwise the same on every call.
+
+    ``ray_bound`` (default: the rays of ``proj``) bounds the number of rays whose contributions any
+    call with the same fixed-point unit adds; ``combine(t, how)``, when given, reduces in place
+    over the view blocks of one operator (physics.ConeBeamCT.view_block): "max" for the largest
+    contribution, then "sum" for the int64 accumulators, so the blocks together give bitwise the
+    whole operator's adjoint.
+    """
     _check(proj)
     views, rows, cols = proj.shape
-    depth, height, width = vol_shape
-    out = torch.zeros(vol_shape, dtype=torch.float32, device=proj.device)
+    vecs = vecs.contiguous()
+    ray_bound = views * rows * cols if ray_bound is None else ray_bound
     grid = (triton.cdiv(rows * cols, BLOCK), views)
-    _adjoint_kernel[grid](
-        proj, out, vecs.contiguous(), rows, cols, depth, height, width, float(voxel_size), BLOCK_SIZE=BLOCK
-    )
+    args = (rows, cols, *vol_shape, float(voxel_size))
+    # A voxel gets at most one contribution per ray, each at most the largest one; the unit is the
+    # power of two that puts ray_bound such contributions at 2^62, so no sum overflows int64 and
+    # the conversion back is exact.
+    partial = torch.empty(grid[::-1], dtype=torch.float32, device=proj.device)
+    _adjoint_bound_kernel[grid](proj, partial, vecs, *args, BLOCK_SIZE=BLOCK)
+    largest = partial.amax().double().reshape(1)
+    if combine is not None:
+        combine(largest, "max")
+    bound = largest.mul_(1.001 * ray_bound).clamp_(min=1e-250)
+    fixed = torch.exp2(torch.floor(62.0 - torch.log2(bound))).clamp_(max=2.0**1000)
+    acc = torch.zeros(vol_shape, dtype=torch.int64, device=proj.device)
+    _adjoint_kernel[grid](proj, acc, vecs, fixed, *args, BLOCK_SIZE=BLOCK)
+    if combine is not None:
+        combine(acc, "sum")
+    out = torch.empty(vol_shape, dtype=torch.float32, device=proj.device)
+    _fixed_to_float_kernel[(triton.cdiv(acc.numel(), 1024),)](acc, out, fixed, acc.numel(), BLOCK_SIZE=1024)
     return out

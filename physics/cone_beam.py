@@ -9,8 +9,10 @@ the dot-product test holds to rounding.
 Two backends compute the same numbers: a pure-torch one (any device, float32 or float64; samples
 through ``grid_sample``, whose input gradient is the transposed scatter; rays that miss the volume
 and planes a ray cannot touch are skipped; blocks of ``SAMPLE_BUDGET`` samples bound the memory)
-and Triton kernels (CUDA, float32; the adjoint scatters with atomic adds), chosen by
-``backend="auto"`` when a CUDA float32 tensor comes and Triton imports.
+and Triton kernels (CUDA, float32; the adjoint scatters with 64-bit fixed-point atomic adds, so it
+gives bitwise the same volume on every call), chosen by ``backend="auto"`` when a CUDA float32
+tensor comes and Triton imports. (The torch path's CUDA adjoint, the gradient of ``grid_sample``,
+adds floats atomically and is reproducible only to rounding.)
 
 On CPU the torch backend caches, per operator, view set (kept or all views) and dtype, a
 :class:`SamplingPlan`: the same weights as two sparse matrices, built on first use and applied with
@@ -171,7 +173,10 @@ def _torch_forward(volume: torch.Tensor, vecs: torch.Tensor, det_shape, voxel_si
     return out.view(vecs.shape[0], *det_shape) * voxel_size
 
 
-def _torch_adjoint(proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float) -> torch.Tensor:
+def _torch_adjoint(
+    proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
+) -> torch.Tensor:
+    # Float sums: ray_bound (the Triton adjoint's fixed-point range) has no use here.
     det_shape = tuple(proj.shape[1:])
     flat_proj = proj.reshape(-1)
     out = torch.zeros(vol_shape, dtype=proj.dtype, device=proj.device)
@@ -183,7 +188,10 @@ def _torch_adjoint(proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size
             weights.contiguous(), volume, grid, 0, 0, False, [True, False]
         )
         out += grad[0, 0]
-    return out * voxel_size
+    out = out * voxel_size
+    if combine is not None:
+        combine(out, "sum")
+    return out
 
 
 # ---------------------------------------------------------------- cached sampling plan (CPU)
@@ -449,13 +457,18 @@ def _triton_forward(volume, vecs, det_shape, voxel_size):
     return _cone_triton.forward(volume, vecs, det_shape, voxel_size)
 
 
-def _triton_adjoint(proj, vecs, vol_shape, voxel_size):
+def _triton_adjoint(proj, vecs, vol_shape, voxel_size, ray_bound=None, combine=None):
     from physics import _cone_triton
 
-    return _cone_triton.adjoint(proj, vecs, vol_shape, voxel_size)
+    return _cone_triton.adjoint(proj, vecs, vol_shape, voxel_size, ray_bound, combine)
 
 
-# name -> (forward, adjoint); forward(volume [D,H,W], vecs, (rows, cols), voxel) -> [V, rows, cols].
+Combine = Callable[[torch.Tensor, str], None]
+"""``combine(t, how)``: reduce ``t`` in place over the view blocks of an operator, how = "sum" | "max"."""
+
+# name -> (forward, adjoint); forward(volume [D,H,W], vecs, (rows, cols), voxel) -> [V, rows, cols];
+# adjoint(proj, vecs, (D, H, W), voxel, ray_bound, combine) -> [D, H, W], where ray_bound sets the
+# Triton adjoint's fixed-point unit and combine adds the view blocks of ConeBeamCT.view_block.
 BACKENDS: Dict[str, Tuple[Callable, Callable]] = {
     "torch": (_torch_forward, _torch_adjoint),
     "triton": (_triton_forward, _triton_adjoint),
@@ -529,6 +542,11 @@ class ConeBeamCT:
         self.plan_budget = plan_budget
         self._vecs = index_space_vectors(geometry, views).to(device)
         self._vecs_full = index_space_vectors(geometry, None).to(device)
+        # Rays of the largest view set this operator's adjoint may sum over; it sets the Triton
+        # adjoint's fixed-point unit, which must be the same for an operator and its view blocks.
+        self._ray_bound = max(geometry.num_views, views.numel()) * geometry.det_rows * geometry.det_cols
+        self._combine: Optional[Combine] = None
+        self.view_range: Tuple[int, int] = (0, views.numel())
         # (all views?, dtype) -> cached plan, or None where it did not fit the budget.
         self._plans: Dict[Tuple[bool, torch.dtype], Optional[SamplingPlan]] = {}
 
@@ -620,11 +638,16 @@ class ConeBeamCT:
             )
         y = y.contiguous()
         backend = self._backend(y)
+        combine = None if full else self._combine
         plan = self._plan(full, y) if backend == "torch" else None
         if plan is not None:
-            return plan.adjoint(y).unsqueeze(1)
+            out = plan.adjoint(y)
+            if combine is not None:
+                combine(out, "sum")
+            return out.unsqueeze(1)
         _, adjoint = BACKENDS[backend]
-        out = adjoint(y, self._vectors(full, y), self.volume_shape, self.geometry.voxel_size)
+        vecs = self._vectors(full, y)
+        out = adjoint(y, vecs, self.volume_shape, self.geometry.voxel_size, self._ray_bound, combine)
         return out.unsqueeze(1)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
@@ -642,6 +665,46 @@ class ConeBeamCT:
     def A_full_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Exact adjoint of :meth:`A_full`: [num_views, rows, cols] -> [D, 1, H, W]."""
         return self._backproject(y, full=True)
+
+    def sums_views_exactly(self, y: torch.Tensor) -> bool:
+        """Whether the adjoint for projections like ``y`` adds views in exact (fixed-point) arithmetic.
+
+        True on the Triton backend: there, the blocks of :meth:`view_block` together give bitwise
+        the whole operator's adjoint, whichever order their parts are added in.
+        """
+        return self._backend(y) == "triton"
+
+    def view_block(self, start: int, stop: int, combine: "Combine") -> "ConeBeamCT":
+        """This operator on its kept views ``start:stop`` only, with an adjoint summed over all blocks.
+
+        For splitting the data-consistency work over processes (``utils.distributed.view_parallel``):
+        each process holds one block of the views and the matching block ``y[start:stop]`` of the
+        measurement; ``A`` gives the block's projections, and ``A_adjoint`` (so also ``A_dagger``)
+        returns the adjoint of the whole operator applied to the whole measurement, the blocks being
+        added by ``combine``. Not for FDK or the full-view methods, which stay per block.
+
+        Args:
+            start, stop: the block, ``0 <= start < stop <= V``.
+            combine: ``combine(t, how)`` reduces ``t`` in place over all blocks, ``how`` being
+                ``"sum"`` or ``"max"`` (an all-reduce over the processes). The Triton adjoint
+                combines int64 fixed-point sums and the maximum that sets their unit, so the result
+                is bitwise that of the whole operator; the torch backend combines float volumes
+                (equal to rounding).
+        """
+        n_views = self.views.numel()
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n_views):
+            raise ValueError(f"view_block: need 0 <= start < stop <= {n_views}, got {start}, {stop}")
+        block = ConeBeamCT(
+            self.geometry,
+            views=self.views[start:stop],
+            device=self._vecs.device,
+            backend=self.backend,
+            plan_budget=self.plan_budget,
+        )
+        block._ray_bound = self._ray_bound
+        block._combine = combine
+        block.view_range = (start, stop)
+        return block
 
     def A_dagger(
         self,

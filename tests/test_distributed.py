@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 import algorithms
-from physics import ZAxisSuperResolution
+from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, select_views
 from utils import distributed
 from utils.results import RunFolder
 
@@ -79,6 +79,30 @@ class Recording:
 
     def score(self, x, sigma):
         return -x
+
+
+def _cone_problem():
+    geometry = ConeBeamGeometry.for_volume((4, 12, 10))
+    op = ConeBeamCT(geometry, views=select_views("SVCT", 5), backend="torch")
+    generator = torch.Generator().manual_seed(3)
+    truth = torch.rand(4, 1, 12, 10, generator=generator, dtype=torch.float64)
+    x0 = torch.rand(4, 1, 12, 10, generator=generator, dtype=torch.float64)
+    return op, op.A(truth), x0
+
+
+def _dds_step(op, y, x0):
+    return algorithms.DDSConsistency(op, y, num_cg=3)(x0, 1.0)
+
+
+def _views_split(rank):
+    op, y, x0 = _cone_problem()
+    kept, _ = distributed.view_parallel(op, y)
+    # The CPU backend's float sums stand in for the exact ones of the Triton backend.
+    op.sums_views_exactly = lambda t: True
+    block, block_y = distributed.view_parallel(op, y)
+    return dict(
+        whole_kept=kept is op, view_range=block.view_range, y=block_y, x=_dds_step(block, block_y, x0)
+    )
 
 
 def _uneven_blocks(rank):
@@ -145,6 +169,7 @@ def _nested_raised(rank):
 
 SCENARIOS = {
     "uneven_blocks": _uneven_blocks,
+    "views_split": _views_split,
     "sampler_with_network": _sampler_with_network,
     "fail_in_denoiser": _fail_in_denoiser,
     "fail_between_steps": _fail_between_steps,
@@ -270,6 +295,22 @@ def test_two_processes_give_the_single_process_volume_bitwise(rank_outcomes):
     assert [outcome["error"] for outcome in outcomes] == [None, None]
     for outcome in outcomes:
         assert torch.equal(outcome["result"], single)
+
+
+def test_view_parallel_splits_the_views_only_where_the_sum_is_exact(rank_outcomes):
+    op, y, x0 = _cone_problem()
+    assert distributed.view_parallel(op, y) == (op, y)
+    single = _dds_step(op, y, x0)
+    outcomes = rank_outcomes["views_split"]
+    assert [outcome["error"] for outcome in outcomes] == [None, None]
+    results = [outcome["result"] for outcome in outcomes]
+    # On CPU (inexact float sums) every rank keeps the whole operator.
+    assert [r["whole_kept"] for r in results] == [True, True]
+    assert [r["view_range"] for r in results] == [(0, 3), (3, 5)]
+    assert torch.equal(torch.cat([r["y"] for r in results]), y)
+    assert torch.equal(results[0]["x"], results[1]["x"])
+    assert not torch.allclose(single, x0, atol=1e-3)
+    torch.testing.assert_close(results[0]["x"], single, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,14 @@
 
 ``torchrun --nproc-per-node N recon_CBCT.py ...`` (or ``recon_MRI_ZSR.py``) starts N processes;
 :func:`session` joins them into one process group (NCCL on CUDA, gloo on CPU). Every rank runs the
-whole reconstruction on the whole volume, except the network: :class:`DistributedDenoiser` has
-each rank denoise its contiguous block of slices and all-gathers the blocks, so that the
-data-consistency step and the noise draw see the whole volume on every rank. Every rank draws its
-noise from its own generator seeded with the same seed, so each slice gets exactly the noise of
-the single-process run.
+whole reconstruction on the whole volume, except two parts. The network: :class:`DistributedDenoiser`
+has each rank denoise its contiguous block of slices and all-gathers the blocks, so that the
+data-consistency step and the noise draw see the whole volume on every rank. The cone-beam
+projector inside data consistency, on GPU: :func:`view_parallel` gives each rank a block of the
+views, and every adjoint all-reduces the ranks' exact fixed-point sums. Every rank draws its noise
+from its own generator seeded with the same seed, so each slice gets exactly the noise of the
+single-process run, and N processes give bitwise the volume of one where every network call sees
+the same slices (``--slice-batch`` dividing each rank's block).
 
 A failure on one rank ends every rank with that rank's error: each synchronisation point starts
 with :func:`check_peers`, an all-gather of one status flag per rank, and a rank that raises
@@ -338,6 +341,31 @@ class DistributedDenoiser:
 def slice_parallel(denoiser: Denoise) -> Denoise:
     """``denoiser`` wrapped in a :class:`DistributedDenoiser` when a process group runs, else itself."""
     return DistributedDenoiser(denoiser) if is_active() else denoiser
+
+
+def _all_reduce(t: torch.Tensor, how: str) -> None:
+    check_peers()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if how == "sum" else dist.ReduceOp.MAX)
+
+
+def view_parallel(op, y: torch.Tensor) -> Tuple[Any, torch.Tensor]:
+    """``(op, y)`` for the data-consistency step, its views split over the ranks where that is exact.
+
+    Where the operator can split its views (``view_block``) and adds them exactly
+    (``sums_views_exactly``: the cone-beam Triton adjoint's fixed-point sums), rank r keeps block r
+    of the views and of ``y`` (``slice_blocks`` over the views), and every adjoint all-reduces over
+    the ranks: the result is bitwise the single-process one, for 1/N of the projector work per
+    rank. Elsewhere (CPU, the ZSR operator, fewer views than ranks) every rank keeps the whole
+    operator, which gives the single-process result too, at the single-process cost. The first
+    dimension of ``y`` must index the operator's views.
+    """
+    if not is_active() or not hasattr(op, "view_block") or not op.sums_views_exactly(y):
+        return op, y
+    world_size = dist.get_world_size()
+    if y.shape[0] < world_size:
+        return op, y
+    start, stop = slice_blocks(y.shape[0], world_size)[dist.get_rank()]
+    return op.view_block(start, stop, _all_reduce), y[start:stop]
 
 
 class NullFolder:

@@ -63,7 +63,9 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
     """The compute device from ``--device`` and ``--gpu`` (under torchrun: the local rank's GPU);
     asking for a GPU that is not there is an error."""
     if args.compile and args.device == "cpu":
-        raise ValueError("--compile runs the network in a CUDA graph; accepted: --device cuda, or --no-compile")
+        raise ValueError(
+            "--compile runs the network in a CUDA graph; accepted: --device cuda, or --no-compile"
+        )
     if args.device == "cpu":
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -129,11 +131,12 @@ def _reconstruct_with_prior(run: Run) -> torch.Tensor:
         Denoiser(run.net, slice_batch=args.slice_batch, precision=args.precision, **fast)
     )
     main_baseline = next(iter(run.baselines.values()))
+    op, y = distributed.view_parallel(run.op, run.y)
     return algorithms.reconstruct(
         args.method,
         denoiser,
-        run.op,
-        run.y,
+        op,
+        y,
         shape=tuple(run.gt.shape),
         nfe=args.NFE,
         sigma_min=args.sigma_min,
