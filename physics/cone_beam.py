@@ -667,10 +667,10 @@ class ConeBeamCT:
         return self._backproject(y, full=True)
 
     def sums_views_exactly(self, y: torch.Tensor) -> bool:
-        """Whether the adjoint for projections like ``y`` adds views in exact (fixed-point) arithmetic.
+        """Whether the adjoint for projections like ``y`` adds views in integer (fixed-point) arithmetic.
 
-        True on the Triton backend: there, the blocks of :meth:`view_block` together give bitwise
-        the whole operator's adjoint, whichever order their parts are added in.
+        True on the Triton backend: its rounded contributions add exactly in any order, so the blocks
+        of :meth:`view_block` together give bitwise the whole operator's adjoint.
         """
         return self._backend(y) == "triton"
 
@@ -701,6 +701,8 @@ class ConeBeamCT:
             backend=self.backend,
             plan_budget=self.plan_budget,
         )
+        # The parent's vectors, sliced: recomputing them could round differently.
+        block._vecs = self._vecs[start:stop]
         block._ray_bound = self._ray_bound
         block._combine = combine
         block.view_range = (start, stop)

@@ -100,8 +100,16 @@ def _views_split(rank):
     # The CPU backend's float sums stand in for the exact ones of the Triton backend.
     op.sums_views_exactly = lambda t: True
     block, block_y = distributed.view_parallel(op, y)
+    # One view cannot be split over two ranks.
+    one_view = ConeBeamCT(op.geometry, views=select_views("SVCT", 1), backend="torch")
+    one_view.sums_views_exactly = lambda t: True
+    one_view_kept = distributed.view_parallel(one_view, one_view.A(x0))[0] is one_view
     return dict(
-        whole_kept=kept is op, view_range=block.view_range, y=block_y, x=_dds_step(block, block_y, x0)
+        whole_kept=kept is op,
+        one_view_kept=one_view_kept,
+        view_range=block.view_range,
+        y=block_y,
+        x=_dds_step(block, block_y, x0),
     )
 
 
@@ -306,6 +314,7 @@ def test_view_parallel_splits_the_views_only_where_the_sum_is_exact(rank_outcome
     results = [outcome["result"] for outcome in outcomes]
     # On CPU (inexact float sums) every rank keeps the whole operator.
     assert [r["whole_kept"] for r in results] == [True, True]
+    assert [r["one_view_kept"] for r in results] == [True, True]
     assert [r["view_range"] for r in results] == [(0, 3), (3, 5)]
     assert torch.equal(torch.cat([r["y"] for r in results]), y)
     assert torch.equal(results[0]["x"], results[1]["x"])

@@ -240,8 +240,9 @@ def _adjoint_by_blocks(op, y, bounds):
     return blocks, results, combine.calls
 
 
-def test_cone_view_blocks_project_their_views_and_sum_the_adjoint(gen):
-    op = _cone((4, 6, 5), (6, 9), angles=torch.linspace(0.0, 5.0, 5))
+@pytest.mark.parametrize("plan_budget", [cone_beam.PLAN_BUDGET, 0], ids=["cached_plan", "on_the_fly"])
+def test_cone_view_blocks_project_their_views_and_sum_the_adjoint(plan_budget, gen):
+    op = _cone((4, 6, 5), (6, 9), angles=torch.linspace(0.0, 5.0, 5), plan_budget=plan_budget)
     x = torch.rand(4, 1, 6, 5, generator=gen, dtype=torch.float64)
     y = torch.rand(op.measurement_shape, generator=gen, dtype=torch.float64)
     bounds = [(0, 2), (2, 5)]
@@ -269,6 +270,8 @@ def test_cone_triton_adjoint_is_reproducible_and_view_blocks_add_exactly():
     op = ConeBeamCT(geometry, views=select_views("SVCT", 9), device="cuda")
     generator = torch.Generator("cuda").manual_seed(0)
     y = torch.rand(op.measurement_shape, generator=generator, device="cuda")
+    # One block's projections 1000x larger: its largest contribution must set every block's unit.
+    y[7:] *= 1000.0
     assert op.sums_views_exactly(y)
     whole = op.A_adjoint(y)
     assert torch.equal(whole, op.A_adjoint(y))
@@ -281,6 +284,13 @@ def test_cone_triton_adjoint_is_reproducible_and_view_blocks_add_exactly():
         assert torch.equal(result, whole)
     assert sorted(how for _, how, _ in calls) == ["max"] * 3 + ["sum"] * 3
     assert {dtype for _, how, dtype in calls if how == "sum"} == {torch.int64}
+    assert torch.equal(op.A_adjoint(torch.zeros_like(y)), torch.zeros_like(whole))
+    for bad in (math.nan, math.inf):
+        broken = y.clone()
+        broken[4, 3, 5] = bad
+        assert torch.isnan(op.A_adjoint(broken)).all()
+        _, results, _ = _adjoint_by_blocks(op, broken, bounds)
+        assert all(torch.isnan(result).all() for result in results)
 
 
 def test_cone_dagger_decreases_least_squares_residual(gen):
