@@ -50,6 +50,8 @@ def load_score_model(config, checkpoint_path, device="cpu"):
             loaded then.
     """
     path = Path(checkpoint_path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; a checkpoint file is accepted")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     payload = _load_file(path)
@@ -152,7 +154,9 @@ def _format_of(payload):
 
 def _load_score_sde(config, payload, path, device):
     if config is None:
-        raise ValueError(f"{path} is a score_sde checkpoint, which holds no config: pass the model config")
+        raise ValueError(
+            f"{path} is a score_sde checkpoint, which holds no config: pass the model config (--config-path in the scripts)"
+        )
     name = describe_source(config)
     config = load_config(config)
     net = build_model(config)
@@ -188,7 +192,18 @@ def _load_compact(config, payload, path, device):
         if differing:
             raise ValueError(
                 f"config {name} differs from the one stored in {path} at {', '.join(differing[:5])}; "
-                "pass config=None to use the stored one"
+                "leave the config out (config=None; no --config-path in the scripts) to use the stored one"
+            )
+        # The noise range is not part of the network, but a prior trained for another one samples badly.
+        retuned = [
+            f"model.{key} {config.model[key]:g} (trained with {stored.model[key]:g})"
+            for key in ("sigma_min", "sigma_max")
+            if config.model[key] != stored.model[key]
+        ]
+        if retuned:
+            warnings.warn(
+                f"config {name} sets {', '.join(retuned)} for {path}; the config's values are used",
+                stacklevel=3,
             )
     net = build_model(stored if config is None else config)
     state = payload["state_dict"]

@@ -197,8 +197,12 @@ def _read(path_or_config):
             raise FileNotFoundError(f"config file not found: {path}")
         import yaml
 
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle), str(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return yaml.safe_load(handle), str(path)
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            reason = " ".join(str(err).split())
+            raise ValueError(f"config {path} is not a readable YAML file ({reason})") from None
     raise TypeError(
         "config must be a YAML path, a dict or an ml_collections.ConfigDict, "
         f"got {type(path_or_config).__name__}"

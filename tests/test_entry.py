@@ -243,8 +243,12 @@ def bad(inputs, tmp_path_factory):
     write_volume(folder / "flat.nii.gz", np.full((6, 8, 8), -1000, np.int16))
     nan_volume = np.zeros((6, 8, 8), np.float32)
     nan_volume[2, 3, 3] = np.nan
-    np.save(folder / "nan.npy", nan_volume)  # NIfTI I/O in ITK turns NaN into 0
+    np.save(folder / "nan.npy", nan_volume)
     import SimpleITK as sitk
+
+    # SimpleITK's NIfTI reader turns NaN into 0; utils.io restores it from the file.
+    sitk.WriteImage(sitk.GetImageFromArray(nan_volume), str(folder / "nan.nii.gz"))
+    (folder / "broken.yaml").write_text("model: [unclosed\n")
 
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.float32)), str(folder / "flat2d.nii.gz"))
     config = tiny_config()
@@ -268,6 +272,8 @@ def _cases():
         ("unreadable file", recon_CBCT, ct_file("junk.nii.gz"), "cannot read volume"),
         ("not 3D", recon_CBCT, ct_file("flat2d.nii.gz"), "a 3D"),
         ("NaN volume", recon_CBCT, ct_file("nan.npy"), "NaN"),
+        ("NaN in a NIfTI volume", recon_CBCT, ct_file("nan.nii.gz"), "NaN"),
+        ("directory as data", recon_CBCT, lambda i, b: {"data": b, "method": "FDK"}, "is a directory"),
         ("constant volume", recon_CBCT, ct_file("flat.nii.gz"), "constant"),
         ("empty slice range", recon_CBCT, ct(slice_begin=4, slice_end=4), "slice range [4, 4)"),
         ("slice range outside", recon_CBCT, ct(slice_end=11), "slice range [0, 11)"),
@@ -283,7 +289,15 @@ def _cases():
          "unknown config key 'model.dropout_rate'"),
         ("missing checkpoint", recon_CBCT,
          lambda i, b: {**ct()(i, b), "checkpoint_path": b / "none.pt"}, "none.pt"),
-        ("knob the noise source lacks", recon_CBCT, ct(noise_control="iid", noise_span=0.5), "span"),
+        ("knob the noise source lacks", recon_CBCT, ct(noise_control="iid", noise_span=0.5),
+         "--noise-span 0.5: --noise-control iid has no such knob; accepted with --noise-control iscs"),
+        ("plane size the network cannot halve", recon_CBCT, ct(recon_size=PRIOR_SIZE + 1),
+         "--recon-size 17: the prior's network halves the planes 1 times; accepted: a multiple of 2"),
+        ("malformed config", recon_CBCT, lambda i, b: {**ct()(i, b), "config_path": b / "broken.yaml"},
+         "is not a readable YAML file"),
+        ("missing config of a classical run", recon_CBCT,
+         lambda i, b: {**ct_file("nope.nii.gz")(i, b), "data": i["ct"], "config_path": b / "none.yaml"},
+         "--config-path"),
     ]  # fmt: skip
 
 
@@ -297,6 +311,58 @@ def test_bad_input_is_one_line_error_and_leaves_no_folder(
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
     assert not results.exists()
+
+
+def test_results_dir_that_is_a_file_is_a_one_line_error(inputs, tmp_path, capsys):
+    not_a_dir = tmp_path / "afile"
+    not_a_dir.write_text("keep me")
+    code = recon_CBCT.main(_flags(data=inputs["ct"], method="FDK", device="cpu", results_dir=not_a_dir))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --results-dir {not_a_dir}: cannot create") and "writable" not in err
+    assert "accepted: a directory you can write to" in err
+    assert not_a_dir.read_text() == "keep me"
+
+
+def test_parser_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recon_CBCT.main(["--degree", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert (
+        err
+        == "recon_CBCT.py: error: argument --degree: '0' is out of range; an integer >= 1 is accepted (see --help)\n"
+    )
+
+
+def test_config_with_another_noise_range_warns(inputs):
+    from models import load_score_model
+
+    config = tiny_config()
+    config["model"]["sigma_max"] = 2 * float(config["model"]["sigma_max"])
+    with pytest.warns(
+        UserWarning, match=r"sets model\.sigma_max 756 \(trained with 378\) for .*tiny\.pt; the config's"
+    ):
+        net = load_score_model(config, inputs["prior"])
+    assert float(net.config.model.sigma_max) == config["model"]["sigma_max"]
+
+
+def test_interrupted_run_exits_130_and_stays_incomplete(inputs, tmp_path, monkeypatch, capsys):
+    import algorithms
+
+    monkeypatch.setattr(algorithms, "reconstruct", _failing_reconstruct(KeyboardInterrupt()))
+    results = tmp_path / "results"
+    argv = _flags(
+        data=inputs["ct"], checkpoint_path=inputs["prior"], NFE=2, device="cpu", results_dir=results
+    )
+    assert recon_CBCT.main(argv) == 130
+    assert (
+        capsys.readouterr().err
+        == "error: interrupted; a results folder already made stays marked INCOMPLETE\n"
+    )
+    (folder,) = _run_folders(results)
+    assert not (folder / "recon.nii.gz").exists()
+    assert "interrupted (KeyboardInterrupt)" in (folder / MARKER).read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

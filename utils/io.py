@@ -15,6 +15,8 @@ functions that need it.
 
 from __future__ import annotations
 
+import gzip
+import struct
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Tuple, Union
@@ -70,7 +72,48 @@ def _read_itk(path: Path) -> Tuple[np.ndarray, Meta]:
             "component(s) per voxel; a 3D scalar volume is accepted"
         )
     meta = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()}
-    return sitk.GetArrayFromImage(image), _validated_meta(meta, path)
+    array = sitk.GetArrayFromImage(image)
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        array = _restore_nonfinite(array, path)
+    return array, _validated_meta(meta, path)
+
+
+# NIfTI datatype codes of float32 and float64 voxels, the only ones that can hold NaN or infinity.
+_NIFTI_FLOATS = {16: np.float32, 64: np.float64}
+
+
+def _restore_nonfinite(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` with NaN where the NIfTI file holds NaN or infinities.
+
+    SimpleITK's NIfTI reader turns them into 0, which would hide a broken volume; the voxels are
+    read again from the file, unscaled (scaling keeps non-finite values non-finite).
+    """
+    opener = gzip.open if volume_suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    for order in "<>":
+        if len(raw) >= 348 and struct.unpack(order + "i", raw[:4])[0] == 348:
+            datatype = struct.unpack(order + "h", raw[70:72])[0]
+            offset = int(struct.unpack(order + "f", raw[108:112])[0])
+            break
+        if len(raw) >= 540 and struct.unpack(order + "i", raw[:4])[0] == 540:
+            datatype = struct.unpack(order + "h", raw[12:14])[0]
+            offset = struct.unpack(order + "q", raw[168:176])[0]
+            break
+    else:
+        return array
+    if datatype not in _NIFTI_FLOATS:
+        return array
+    dtype = np.dtype(_NIFTI_FLOATS[datatype]).newbyteorder(order)
+    if offset < 0 or len(raw) < offset + array.size * dtype.itemsize:
+        return array
+    voxels = np.frombuffer(raw, dtype=dtype, count=array.size, offset=offset)
+    bad = ~np.isfinite(voxels.reshape(array.shape))
+    if not bad.any():
+        return array
+    array = np.array(array, dtype=np.float32)
+    array[bad] = np.nan
+    return array
 
 
 def _read_npy(path: Path) -> Tuple[np.ndarray, Meta]:
@@ -119,6 +162,8 @@ def read_volume(path: PathLike) -> Tuple[np.ndarray, Meta]:
         ValueError: the file cannot be read, or the image is not a 3D scalar volume.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; a volume file (NIfTI, .mha, .npy, .pt) is accepted")
     if not path.is_file():
         raise FileNotFoundError(f"volume file not found: {path}")
     array, meta = _READERS.get(volume_suffix(path), _read_itk)(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import sys
 import time
@@ -76,10 +77,9 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
 
 def load_prior(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     """The score network (EMA weights, eval mode) from ``--checkpoint-path`` and ``--config-path``."""
-    from models import load_config, load_score_model
+    from models import load_score_model
 
-    config = load_config(args.config_path) if args.config_path is not None else None
-    return load_score_model(config, args.checkpoint_path, device=device)
+    return load_score_model(args.config_path, args.checkpoint_path, device=device)
 
 
 def resolve_options(args: argparse.Namespace, net: Optional[torch.nn.Module]) -> None:
@@ -90,6 +90,12 @@ def resolve_options(args: argparse.Namespace, net: Optional[torch.nn.Module]) ->
     args.sigma_max = float(model.sigma_max) if args.sigma_max is None else args.sigma_max
     args.sigma_min = float(model.sigma_min) if args.sigma_min is None else args.sigma_min
     args.recon_size = int(data.image_size) if args.recon_size is None else args.recon_size
+    step = 2 ** (len(model.ch_mult) - 1)
+    if args.recon_size % step:
+        raise ValueError(
+            f"--recon-size {args.recon_size}: the prior's network halves the planes "
+            f"{len(model.ch_mult) - 1} times; accepted: a multiple of {step}"
+        )
     if not args.sigma_max > args.sigma_min:
         raise ValueError(f"--sigma-max {args.sigma_max:g} must exceed --sigma-min {args.sigma_min:g}")
 
@@ -101,10 +107,32 @@ def config_name(args: argparse.Namespace) -> str:
     return volume_name(args.checkpoint_path) if args.method in PRIOR_METHODS else "no-prior"
 
 
+# noise-source knob -> its option
+NOISE_KNOBS = {"span": "--noise-span", "corr_length": "--noise-corr-length"}
+
+
 def noise_params(args: argparse.Namespace) -> Dict[str, float]:
     """Noise-source knobs the user set (the others keep the source's defaults)."""
     given = {"span": args.noise_span, "corr_length": args.noise_corr_length}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def make_noise_source(args: argparse.Namespace):
+    """The ``--noise-control`` source with the knobs set; a knob it does not have is an error."""
+    source = algorithms.NOISE_SOURCES[algorithms.NOISE_ALIASES.get(args.noise_control, args.noise_control)]
+    accepted = inspect.signature(source).parameters
+    for knob, value in noise_params(args).items():
+        if knob not in accepted:
+            owners = [
+                name
+                for name, cls in algorithms.NOISE_SOURCES.items()
+                if knob in inspect.signature(cls).parameters
+            ]
+            raise ValueError(
+                f"{NOISE_KNOBS[knob]} {value:g}: --noise-control {args.noise_control} has no such knob; "
+                f"accepted with --noise-control {' or '.join(owners)}"
+            )
+    return algorithms.make_noise(args.noise_control, **noise_params(args))
 
 
 def problem_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -271,10 +299,12 @@ def _run(
     args: argparse.Namespace, device: torch.device, launch: distributed.Launch, command: Sequence[str]
 ) -> Optional[Path]:
     task = TASKS[args.task]
+    if args.config_path is not None and not args.config_path.is_file():
+        raise FileNotFoundError(f"--config-path {args.config_path}: no such file")
     array, meta = read_volume(args.data)
     net = load_prior(args, device) if args.method in PRIOR_METHODS else None
     resolve_options(args, net)
-    noise = algorithms.make_noise(args.noise_control, **noise_params(args)) if net is not None else None
+    noise = make_noise_source(args) if net is not None else None
     gt, meta = task.prepare(array, meta, args, device)
     op = task.operator(gt, args)
 
@@ -289,7 +319,7 @@ def _run(
     )
     # Every rank is ready (input, prior, operator) before rank 0 creates the results folder.
     distributed.check_peers()
-    folder = RunFolder(create_run_dir(parent), meta) if launch.is_main else distributed.NullFolder()
+    folder = RunFolder(_new_run_dir(args, parent), meta) if launch.is_main else distributed.NullFolder()
     folder.start_log()
     try:
         log.info("results folder: %s", folder.path)
@@ -309,13 +339,30 @@ def _run(
         folder.complete()
         log.info("finished: %s", folder.path)
     except BaseException as err:
-        log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", err, LOG_NAME)
+        reason = _describe_failure(err)
+        log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)
         log.debug("traceback", exc_info=True)
-        folder.fail(f"{type(err).__name__}: {err}")
+        folder.fail(reason)
         raise
     finally:
         folder.stop_log()
     return folder.path
+
+
+def _new_run_dir(args: argparse.Namespace, parent: Path) -> Path:
+    try:
+        return create_run_dir(parent)
+    except OSError as err:
+        raise OSError(
+            f"--results-dir {args.results_dir}: cannot create {parent} ({err.strerror or err}); "
+            "accepted: a directory you can write to"
+        ) from None
+
+
+def _describe_failure(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return f"{type(err).__name__}: {_one_line(err)}"
 
 
 def _one_line(err: BaseException) -> str:
@@ -344,4 +391,11 @@ def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
         except distributed.PeerFailure as err:
             if is_main:
                 print(f"error: {_one_line(err)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            if is_main:
+                print(
+                    "error: interrupted; a results folder already made stays marked INCOMPLETE",
+                    file=sys.stderr,
+                )
+            return 130
     return 0
