@@ -17,6 +17,7 @@ stochasticity, ICLR 2026):
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -188,6 +189,21 @@ def _accepted_noise_names() -> str:
     return f"{', '.join(NOISE_SOURCES)} (aliases: {aliases})"
 
 
+def noise_source_name(name: Optional[str]) -> str:
+    """The registry name of a noise source name or alias; an unknown one is a ValueError."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"noise must be a name or a noise source instance, got {type(name).__name__}")
+    key = NOISE_ALIASES.get(name, name)
+    if key not in NOISE_SOURCES:
+        raise ValueError(f"unknown noise source {name!r}; accepted: {_accepted_noise_names()}")
+    return key
+
+
+def sources_taking(param: str) -> list:
+    """Registry names of the noise sources whose constructor takes ``param``."""
+    return [name for name, cls in NOISE_SOURCES.items() if param in inspect.signature(cls).parameters]
+
+
 def make_noise(name: Optional[str], **params) -> NoiseSource:
     """Build a noise source from its registry name or alias.
 
@@ -199,11 +215,7 @@ def make_noise(name: Optional[str], **params) -> NoiseSource:
     Raises:
         ValueError: unknown name, or parameters the source does not take.
     """
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"noise must be a name or a noise source instance, got {type(name).__name__}")
-    key = NOISE_ALIASES.get(name, name)
-    if key not in NOISE_SOURCES:
-        raise ValueError(f"unknown noise source {name!r}; accepted: {_accepted_noise_names()}")
+    key = noise_source_name(name)
     try:
         return NOISE_SOURCES[key](**params)
     except TypeError as err:

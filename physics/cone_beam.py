@@ -24,6 +24,7 @@ Without scipy the on-the-fly path runs, with one warning.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -694,16 +695,12 @@ class ConeBeamCT:
         n_views = self.views.numel()
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n_views):
             raise ValueError(f"view_block: need 0 <= start < stop <= {n_views}, got {start}, {stop}")
-        block = ConeBeamCT(
-            self.geometry,
-            views=self.views[start:stop],
-            device=self._vecs.device,
-            backend=self.backend,
-            plan_budget=self.plan_budget,
-        )
-        # The parent's vectors, sliced: recomputing them could round differently.
+        # A copy that shares the geometry and the full-view vectors; the parent's vectors are sliced,
+        # as recomputing them could round differently.
+        block = copy.copy(self)
+        block.views = self.views[start:stop]
         block._vecs = self._vecs[start:stop]
-        block._ray_bound = self._ray_bound
+        block._plans = {}
         block._combine = combine
         block.view_range = (start, stop)
         return block

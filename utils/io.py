@@ -90,20 +90,22 @@ def _restore_nonfinite(array: np.ndarray, path: Path) -> np.ndarray:
     """
     opener = gzip.open if volume_suffix(path) == ".nii.gz" else open
     with opener(path, "rb") as handle:
-        raw = handle.read()
-    for order in "<>":
-        if len(raw) >= 348 and struct.unpack(order + "i", raw[:4])[0] == 348:
-            datatype = struct.unpack(order + "h", raw[70:72])[0]
-            offset = int(struct.unpack(order + "f", raw[108:112])[0])
-            break
-        if len(raw) >= 540 and struct.unpack(order + "i", raw[:4])[0] == 540:
-            datatype = struct.unpack(order + "h", raw[12:14])[0]
-            offset = struct.unpack(order + "q", raw[168:176])[0]
-            break
-    else:
-        return array
-    if datatype not in _NIFTI_FLOATS:
-        return array
+        header = handle.read(540)
+        for order in "<>":
+            if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+                datatype = struct.unpack(order + "h", header[70:72])[0]
+                offset = int(struct.unpack(order + "f", header[108:112])[0])
+                break
+            if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+                datatype = struct.unpack(order + "h", header[12:14])[0]
+                offset = struct.unpack(order + "q", header[168:176])[0]
+                break
+        else:
+            return array
+        # Integer volumes (most CT files) cannot hold NaN: their voxels are not read a second time.
+        if datatype not in _NIFTI_FLOATS:
+            return array
+        raw = header + handle.read()
     dtype = np.dtype(_NIFTI_FLOATS[datatype]).newbyteorder(order)
     if offset < 0 or len(raw) < offset + array.size * dtype.itemsize:
         return array

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import logging
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 
 import algorithms
+from algorithms.noise import noise_source_name, sources_taking
 from utils import distributed
 from utils.cli import PRIOR_METHODS, ScriptProfile, parse_args
 from utils.figures import save_scroll_gif, save_slices_figure
@@ -119,15 +119,10 @@ def noise_params(args: argparse.Namespace) -> Dict[str, float]:
 
 def make_noise_source(args: argparse.Namespace):
     """The ``--noise-control`` source with the knobs set; a knob it does not have is an error."""
-    source = algorithms.NOISE_SOURCES[algorithms.NOISE_ALIASES.get(args.noise_control, args.noise_control)]
-    accepted = inspect.signature(source).parameters
+    name = noise_source_name(args.noise_control)
     for knob, value in noise_params(args).items():
-        if knob not in accepted:
-            owners = [
-                name
-                for name, cls in algorithms.NOISE_SOURCES.items()
-                if knob in inspect.signature(cls).parameters
-            ]
+        owners = sources_taking(knob)
+        if name not in owners:
             raise ValueError(
                 f"{NOISE_KNOBS[knob]} {value:g}: --noise-control {args.noise_control} has no such knob; "
                 f"accepted with --noise-control {' or '.join(owners)}"
