@@ -1,15 +1,13 @@
-"""Results folders: naming, never reused, marked incomplete until done; figures are written."""
+"""Results folders: naming, never reused, marked incomplete until done."""
 
 import datetime as dt
 import json
 import logging
 
 import numpy as np
-import pytest
 import torch
 import yaml
 
-from utils.figures import save_scroll_gif, save_slices_figure
 from utils.results import (
     LOG_NAME,
     LOGGER_NAME,
@@ -57,19 +55,3 @@ def test_folder_writes_and_marks(tmp_path, gen):
     assert "boom" in (folder.path / MARKER).read_text()
     folder.complete()
     assert not (folder.path / MARKER).exists()
-
-
-def test_figure_and_gif(tmp_path, gen):
-    pil = pytest.importorskip("PIL.Image")
-    gt = torch.rand(6, 8, 10, generator=gen).numpy()
-    panels = {"FBP-LV": gt + 0.1, "recon": gt * 0.9}
-    png = save_slices_figure(
-        tmp_path / "figure.png", gt, panels, spacing=(1.0, 1.0, 2.5), captions={"recon": "PSNR 1"}
-    )
-    assert pil.open(png).format == "PNG"
-    gif = save_scroll_gif(tmp_path / "slices.gif", {"GT": gt, **panels}, plane="coronal")
-    image = pil.open(gif)
-    assert image.n_frames == gt.shape[1]
-    assert image.size == (3 * gt.shape[2], gt.shape[0])
-    with pytest.raises(ValueError, match="oblique"):
-        save_scroll_gif(tmp_path / "x.gif", {"GT": gt}, plane="oblique")
