@@ -69,6 +69,9 @@ class CountingOperator:
         self.calls = 0
 
     def __getattr__(self, name):
+        # Reached only for names the wrapper lacks; a missing "op" (a copy being built) must not recurse.
+        if name == "op":
+            raise AttributeError(name)
         return getattr(self.op, name)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
