@@ -7,7 +7,6 @@ result agrees (better) with the measurement ``y = A x``. Operators follow the ph
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Union
 
 import torch
@@ -115,35 +114,56 @@ class DDSConsistency:
         return x
 
 
-def _takes_keyword(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 class DDNMConsistency:
-    """DDNM data consistency (Wang et al., ICLR 2023): ``x0 + A_dagger(y - A x0)``.
+    """DDNM data consistency (Wang et al., ICLR 2023): ``A^+ y + (I - A^+ A) x0`` with a pseudo-inverse.
 
     The range-space part of ``x0`` is replaced by the one the data fix, its null-space part is
-    kept. For an exact ``A_dagger`` the result satisfies ``A x = y`` (for consistent ``y``).
+    kept. ``pinv`` (a ``physics.PSEUDO_INVERSES`` object) stands for ``A^+``, in one of two forms:
+
+    - linear ``pinv`` (``pinv.linear``): the residual form ``x0 + pinv(y - A x0)``, equal to the
+      above; for an exact pseudo-inverse the result satisfies ``A x = y`` (for consistent ``y``).
+    - non-linear ``pinv`` (SIRT clipped at 0, CG): the reference code's form
+      ``pinv(y) + x0 - pinv(A x0)``, ``pinv(y)`` computed once here. (The residual form of k CG
+      iterations would be k CG iterations from ``x0``, i.e. DDS without its Tikhonov weight.)
+
+    Projector calls per step: one ``A x0`` plus one ``pinv`` call (see ``physics.pinv``): ``2 n``
+    for SIRT with ``n`` iterations, ``2 n + 2`` for CG with ``n``.
 
     Args:
-        op: the forward operator (``A``, ``A_dagger``).
+        op: the forward operator (``A``).
         y: the measurement.
-        n_iter: iteration count handed to an iterative ``A_dagger`` (one that takes ``n_iter``,
-            e.g. the CT least-squares solve); ignored by a closed-form one, and None keeps the
-            operator's default.
+        pinv: a pseudo-inverse built for ``op`` (``physics.make_pseudo_inverse(name, op, ...)``);
+            None uses the operator's own ``A_dagger`` (``physics.OperatorPseudoInverse``, linear).
+        n_iter: with ``pinv`` None only: the iteration count handed to an ``A_dagger`` that takes
+            ``n_iter`` (the CT least-squares solve); None keeps its default.
     """
 
-    def __init__(self, op, y: torch.Tensor, n_iter: Optional[int] = None):
+    def __init__(self, op, y: torch.Tensor, pinv=None, *, n_iter: Optional[int] = None):
+        if pinv is None:
+            from physics.pinv import OperatorPseudoInverse
+
+            pinv = OperatorPseudoInverse(op, n_iter)
+        elif n_iter is not None:
+            raise ValueError(
+                f"n_iter={n_iter!r} applies to the operator's own A_dagger only; accepted: pinv=None, "
+                "or the count given to the pseudo-inverse (physics.make_pseudo_inverse(..., n_iter=))"
+            )
+        elif pinv.op is not op:
+            raise ValueError(
+                "pinv was built for another operator; accepted: one built for op, the same object"
+            )
         self.op = op
         self.y = y
-        self.dagger_kwargs = (
-            {"n_iter": n_iter} if n_iter is not None and _takes_keyword(op.A_dagger, "n_iter") else {}
-        )
+        self.pinv = pinv
+        self.pinv_y = None if pinv.linear else pinv(y)
 
     def __call__(self, x0: torch.Tensor, sigma: Sigma) -> torch.Tensor:
-        """Project the denoised stack ``x0`` [N, 1, h, w] onto the data (``sigma`` is not used)."""
-        return x0 + self.op.A_dagger(self.y - self.op.A(x0), **self.dagger_kwargs)
+        """Project the denoised stack ``x0`` onto the data (``sigma`` is not used)."""
+        if self.pinv_y is None:
+            return x0 + self.pinv(self.y - self.op.A(x0))
+        return torch.sub(x0, self.pinv(self.op.A(x0))).add_(self.pinv_y)
+
+    def describe(self) -> dict:
+        """The pseudo-inverse and the form of the step, for the run's records."""
+        form = "x0 + pinv(y - A x0)" if self.pinv_y is None else "pinv(y) + x0 - pinv(A x0)"
+        return {**self.pinv.describe(), "form": form}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from physics.geometry import ConeBeamGeometry
+from physics.iterative import check_iterations, check_min_value
 
 _warned = []
 
@@ -47,7 +48,12 @@ def astra_geometries(geometry: ConeBeamGeometry, views: Optional[torch.Tensor]):
 
 
 def _run(
-    geometry: ConeBeamGeometry, y: torch.Tensor, views: Optional[torch.Tensor], algorithm: str, n_iter: int
+    geometry: ConeBeamGeometry,
+    y: torch.Tensor,
+    views: Optional[torch.Tensor],
+    algorithm: str,
+    n_iter: int,
+    options: Optional[dict] = None,
 ) -> torch.Tensor:
     import astra
 
@@ -62,6 +68,7 @@ def _run(
         cfg = astra.astra_dict(algorithm)
         cfg["ProjectionDataId"] = proj_id
         cfg["ReconstructionDataId"] = vol_id
+        cfg["option"] = dict(options or {})
         alg_id = astra.algorithm.create(cfg)
         try:
             astra.algorithm.run(alg_id, n_iter)
@@ -81,9 +88,20 @@ def fdk_astra(
 
 
 def sirt_astra(
-    geometry: ConeBeamGeometry, y: torch.Tensor, n_iter: int, views: Optional[torch.Tensor] = None
+    geometry: ConeBeamGeometry,
+    y: torch.Tensor,
+    n_iter: int,
+    views: Optional[torch.Tensor] = None,
+    min_value: Optional[float] = 0.0,
 ) -> torch.Tensor:
-    """astra's SIRT3D_CUDA reconstruction [D, 1, H, W] after ``n_iter`` iterations."""
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be an integer >= 1, got {n_iter!r}")
-    return _run(geometry, y, views, "SIRT3D_CUDA", n_iter)
+    """astra's SIRT3D_CUDA reconstruction [D, 1, H, W] after ``n_iter`` iterations from zeros.
+
+    Args:
+        min_value: astra's ``MinConstraint`` (the iterate is clipped below at it after every
+            update), as :func:`physics.sirt` does; None leaves it unconstrained.
+    """
+    check_iterations(n_iter, minimum=1)
+    min_value = check_min_value(min_value)
+    # y is rescaled to astra's voxel units, so the volume's values, and the bound, are ours.
+    options = {} if min_value is None else {"MinConstraint": min_value}
+    return _run(geometry, y, views, "SIRT3D_CUDA", n_iter, options)

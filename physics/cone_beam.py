@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from physics.geometry import ConeBeamGeometry
+from physics.operator import check_shape
 
 # Samples per torch block: 2M samples keep a block's grid and temporaries near 100 MB.
 SAMPLE_BUDGET = 1 << 21
@@ -495,12 +496,24 @@ def _importable(module: str, consequence: str) -> bool:
     return True
 
 
+# Volume layouts: name -> (its shape for a volume of (D, H, W) voxels, how the name reads in messages).
+# Each is a reshape of [D, H, W] that only inserts unit axes, so converting between them moves no data.
+LAYOUTS: Dict[str, Tuple[Callable[[int, int, int], Tuple[int, ...]], str]] = {
+    "stack": (lambda d, h, w: (d, 1, h, w), "[D,1,H,W]"),
+    "volume": (lambda d, h, w: (d, h, w), "[D,H,W]"),
+}
+
+
 class ConeBeamCT:
     """Cone-beam CT operator for a :class:`ConeBeamGeometry` and a subset of its views.
 
-    Volumes are axial slice stacks ``[D, 1, H, W]`` (the sampler's layout); ``[1, D, H, W]`` and
-    ``[D, H, W]`` are accepted too. Projections are ``[V, det_rows, det_cols]`` line integrals in
-    (volume value x mm).
+    Projections are ``[V, det_rows, det_cols]`` line integrals in (volume value x mm). Volumes come
+    in the one layout declared when the operator is built (see ``LAYOUTS``): ``"stack"``, the
+    sampler's stack of axial slices ``[D, 1, H, W]`` (the default), or ``"volume"``, ``[D, H, W]``.
+    ``A`` accepts that layout only, and ``A_adjoint``, ``A_dagger`` and :meth:`fdk` return it, so
+    ``A_adjoint(A(x)).shape == x.shape``. A layout fixed at construction, rather than one guessed
+    from each input, is the only way the adjoint (which sees projections, not the volume) can
+    return the caller's layout without hidden state.
 
     Args:
         geometry: the acquisition geometry.
@@ -512,7 +525,11 @@ class ConeBeamCT:
         plan_budget: bytes that the torch backend's cached :class:`SamplingPlan` of one view set
             (kept or all views) and dtype may take on CPU; a larger plan is not built and those views
             are sampled on the fly. 0 never caches.
+        layout: the volume layout, a key of ``LAYOUTS``.
     """
+
+    # A_dagger is a few CG iterations on the normal equations, not the exact pseudo-inverse.
+    dagger_is_exact = False
 
     def __init__(
         self,
@@ -521,9 +538,12 @@ class ConeBeamCT:
         device: Optional[torch.device | str] = None,
         backend: str = "auto",
         plan_budget: int = PLAN_BUDGET,
+        layout: str = "stack",
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
         if isinstance(plan_budget, bool) or not isinstance(plan_budget, int) or plan_budget < 0:
@@ -540,6 +560,7 @@ class ConeBeamCT:
         self.geometry = geometry
         self.views = views
         self.backend = backend
+        self.layout = layout
         self.plan_budget = plan_budget
         self._vecs = index_space_vectors(geometry, views).to(device)
         self._vecs_full = index_space_vectors(geometry, None).to(device)
@@ -553,29 +574,40 @@ class ConeBeamCT:
 
     @property
     def volume_shape(self) -> Tuple[int, int, int]:
-        """(D, H, W)."""
+        """(D, H, W) voxels of the geometry, whatever the layout."""
         return self.geometry.volume_shape
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        """The shape of a volume in this operator's layout: what ``A`` takes and ``A_adjoint`` returns."""
+        return LAYOUTS[self.layout][0](*self.volume_shape)
 
     @property
     def measurement_shape(self) -> Tuple[int, int, int]:
         """(V, det_rows, det_cols) of ``A``'s output."""
         return (self.views.numel(), self.geometry.det_rows, self.geometry.det_cols)
 
+    @property
+    def is_view_block(self) -> bool:
+        """Whether this is a :meth:`view_block` of a larger operator (its adjoint sums over blocks)."""
+        return self._combine is not None
+
     def _volume(self, x: torch.Tensor) -> torch.Tensor:
-        """The one place where accepted volume layouts become [D, H, W]."""
-        depth, height, width = self.volume_shape
-        layouts = {
-            (depth, 1, height, width): lambda t: t[:, 0],
-            (1, depth, height, width): lambda t: t[0],
-            (depth, height, width): lambda t: t,
-        }
-        if not isinstance(x, torch.Tensor) or tuple(x.shape) not in layouts:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
-                f"volume must have shape [D,1,H,W]={[depth, 1, height, width]}, "
-                f"[1,D,H,W] or [D,H,W]; got {got}"
-            )
-        return layouts[tuple(x.shape)](x)
+        """The input volume in this operator's layout, checked, as [D, H, W]."""
+        others = ", ".join(
+            f"layout={name!r} for {text}" for name, (_, text) in LAYOUTS.items() if name != self.layout
+        )
+        check_shape(
+            x,
+            self.input_shape,
+            f"ConeBeamCT(layout={self.layout!r}) takes volumes {LAYOUTS[self.layout][1]}",
+            f"build the operator with {others}",
+        )
+        return x.reshape(self.volume_shape)
+
+    def _in_layout(self, volume: torch.Tensor) -> torch.Tensor:
+        """A volume [D, H, W] (or any reshape of it) in this operator's layout."""
+        return volume.reshape(self.input_shape)
 
     @property
     def plan_nbytes(self) -> int:
@@ -632,11 +664,7 @@ class ConeBeamCT:
     def _backproject(self, y: torch.Tensor, full: bool) -> torch.Tensor:
         n_views = self.geometry.num_views if full else self.views.numel()
         expected = (n_views, self.geometry.det_rows, self.geometry.det_cols)
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(
-                f"projections must have shape [V, det_rows, det_cols]={list(expected)}, got {got}"
-            )
+        check_shape(y, expected, "ConeBeamCT takes projections [V, det_rows, det_cols]")
         y = y.contiguous()
         backend = self._backend(y)
         combine = None if full else self._combine
@@ -645,26 +673,26 @@ class ConeBeamCT:
             out = plan.adjoint(y)
             if combine is not None:
                 combine(out, "sum")
-            return out.unsqueeze(1)
+            return self._in_layout(out)
         _, adjoint = BACKENDS[backend]
         vecs = self._vectors(full, y)
         out = adjoint(y, vecs, self.volume_shape, self.geometry.voxel_size, self._ray_bound, combine)
-        return out.unsqueeze(1)
+        return self._in_layout(out)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
-        """Project a volume on the kept views: [D,1,H,W] (or [1,D,H,W], [D,H,W]) -> [V, rows, cols]."""
+        """Project a volume (``input_shape``) on the kept views -> [V, rows, cols]."""
         return self._project(x, full=False)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint of :meth:`A`: [V, rows, cols] -> [D, 1, H, W]."""
+        """Exact adjoint of :meth:`A`: [V, rows, cols] -> a volume in the operator's layout."""
         return self._backproject(y, full=False)
 
     def A_full(self, x: torch.Tensor) -> torch.Tensor:
-        """Project on all views of the geometry: -> [num_views, rows, cols]."""
+        """Project a volume (``input_shape``) on all views of the geometry -> [num_views, rows, cols]."""
         return self._project(x, full=True)
 
     def A_full_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint of :meth:`A_full`: [num_views, rows, cols] -> [D, 1, H, W]."""
+        """Exact adjoint of :meth:`A_full`: [num_views, rows, cols] -> a volume in the operator's layout."""
         return self._backproject(y, full=True)
 
     def sums_views_exactly(self, y: torch.Tensor) -> bool:
@@ -717,18 +745,21 @@ class ConeBeamCT:
         Args:
             y: projections [V, rows, cols].
             n_iter: CG iterations.
-            x0: starting volume [D, 1, H, W] (zeros when None).
+            x0: starting volume in the operator's layout (zeros when None).
             callback: ``callback(k, x, r)`` after each iteration, r the normal-equation residual.
+
+        Returns:
+            The volume in the operator's layout.
         """
         from physics.iterative import cgls
 
         return cgls(self, y, n_iter=n_iter, x0=x0, callback=callback)
 
     def fdk(self, y: torch.Tensor, window: str = "ram-lak", full: bool = False) -> torch.Tensor:
-        """FDK reconstruction [D, 1, H, W] of projections on the kept views (all views if ``full``).
+        """FDK reconstruction, in the operator's layout, of projections on the kept views (all if ``full``).
 
         See :func:`physics.fdk.fdk`; an approximate inverse, not ``A^T``.
         """
         from physics.fdk import fdk
 
-        return fdk(self.geometry, y, views=None if full else self.views, window=window)
+        return self._in_layout(fdk(self.geometry, y, views=None if full else self.views, window=window))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
+
+from physics.operator import check_shape
 
 
 @functools.lru_cache(maxsize=None)
@@ -21,6 +23,10 @@ def _householder_basis(n: int) -> torch.Tensor:
     return torch.eye(n, dtype=torch.float64) - 2.0 * torch.outer(w, w) / torch.dot(w, w)
 
 
+def _is_count(n) -> bool:
+    return not isinstance(n, bool) and isinstance(n, int) and n >= 1
+
+
 class ZAxisSuperResolution:
     """Average groups of ``factor`` consecutive entries along ``axis``.
 
@@ -29,22 +35,71 @@ class ZAxisSuperResolution:
     ``ceil(L / factor)`` outputs and ``A_dagger`` is still replication. Without ``length`` the
     input length must be divisible (``A_adjoint`` could not tell L otherwise).
 
+    Layout: the operator acts along one axis and keeps every other axis as it is, so the caller's
+    layout (the sampler's slice stack [N, 1, h, w] with z on axis 2, a volume, a batch) comes back
+    from ``A_adjoint`` and ``A_dagger`` unchanged: ``A_adjoint(A(x)).shape == x.shape`` for every
+    accepted ``x``, with no state. Given ``shape``, it accepts that one shape only and reports it
+    as ``input_shape`` (an operator of fixed size, e.g. for :func:`physics.to_deepinv`); without,
+    ``input_shape`` and ``measurement_shape`` are None.
+
     Args:
         factor: group size, an integer >= 2.
         axis: the axis averaged (any, negative counts from the end).
         length: full-resolution length L along ``axis``; None accepts any multiple of ``factor``.
+        shape: the one full-resolution input shape accepted (it fixes ``length`` to
+            ``shape[axis]``), or None for any shape.
     """
 
-    def __init__(self, factor: int, axis: int = 2, length: Optional[int] = None) -> None:
+    # A A^T is diagonal, so A_dagger (replication) is the exact pseudo-inverse.
+    dagger_is_exact = True
+
+    def __init__(
+        self,
+        factor: int,
+        axis: int = 2,
+        length: Optional[int] = None,
+        shape: Optional[Sequence[int]] = None,
+    ) -> None:
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(f"axis must be an integer, got {axis!r}")
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        if length is not None and not _is_count(length):
             raise ValueError(f"length must be None or an integer >= 1, got {length!r}")
+        if shape is not None:
+            if isinstance(shape, torch.Tensor) or not all(_is_count(n) for n in shape):
+                raise ValueError(f"shape must be None or a sequence of integers >= 1, got {shape!r}")
+            shape = tuple(shape)
+            if not -len(shape) <= axis < len(shape):
+                raise ValueError(f"axis {axis} is out of range for shape {shape}")
+            if length is not None and length != shape[axis]:
+                raise ValueError(f"length {length} disagrees with shape {shape} along axis {axis}")
+            length = shape[axis]
         self.factor = factor
         self.axis = axis
         self.length = length
+        self.shape = shape
+
+    @property
+    def input_shape(self) -> Optional[Tuple[int, ...]]:
+        """The one input shape accepted (``shape``), or None when any shape is."""
+        return self.shape
+
+    @property
+    def measurement_shape(self) -> Optional[Tuple[int, ...]]:
+        """``input_shape`` with ``ceil(L / factor)`` along ``axis``, or None."""
+        if self.shape is None:
+            return None
+        out = list(self.shape)
+        out[self.axis] = -(-self.length // self.factor)
+        return tuple(out)
+
+    def _check(self, t: torch.Tensor, low_res: bool) -> None:
+        """With a fixed ``shape``, the one-line error for any other input shape."""
+        if self.shape is not None:
+            expected = self.measurement_shape if low_res else self.shape
+            what = "A_adjoint and A_dagger take" if low_res else "A takes"
+            check_shape(t, expected, f"ZAxisSuperResolution(shape={list(self.shape)}).{what} one shape")
 
     def _full_length(self, t: torch.Tensor, low_res: bool) -> int:
         """Validated full-resolution length L behind ``t`` (a low-resolution tensor if ``low_res``)."""
@@ -83,6 +138,7 @@ class ZAxisSuperResolution:
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """Group means along ``axis``: length L -> ceil(L / factor)."""
+        self._check(x, low_res=False)
         full = self._full_length(x, low_res=False)
         sizes = self._group_sizes(full, x)
         shape = list(x.shape)
@@ -94,12 +150,14 @@ class ZAxisSuperResolution:
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Transpose of :meth:`A`: each entry, divided by its group size, copied to its group."""
+        self._check(y, low_res=True)
         full = self._full_length(y, low_res=True)
         scaled = y / self._along_axis(self._group_sizes(full, y), y)
         return scaled.index_select(self.axis, self._group_index(full, y.device))
 
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """Exact pseudo-inverse (``A A^T`` is diagonal): each value replicated over its group."""
+        self._check(y, low_res=True)
         full = self._full_length(y, low_res=True)
         return y.index_select(self.axis, self._group_index(full, y.device))
 

@@ -1,7 +1,9 @@
 """Operators of physics/ and algorithms/tv.py: exact adjoints, pseudo-inverses, geometry and views."""
 
+import ast
 import dataclasses
 import math
+import pathlib
 import sys
 import threading
 import warnings
@@ -9,13 +11,25 @@ import warnings
 import pytest
 import torch
 
+import physics
 from algorithms import tv
-from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, cgls, cone_beam, select_views, sirt
+from physics import (
+    LinearOperator,
+    ConeBeamCT,
+    ConeBeamGeometry,
+    CountingOperator,
+    ZAxisSuperResolution,
+    cgls,
+    cone_beam,
+    select_views,
+    sirt,
+    sirt_weights,
+)
 
 
-def _cone(shape, det, views=None, plan_budget=cone_beam.PLAN_BUDGET, **kw):
+def _cone(shape, det, views=None, plan_budget=cone_beam.PLAN_BUDGET, layout="stack", **kw):
     geometry = ConeBeamGeometry(volume_shape=shape, det_rows=det[0], det_cols=det[1], **kw)
-    return ConeBeamCT(geometry, views=views, backend="torch", plan_budget=plan_budget)
+    return ConeBeamCT(geometry, views=views, backend="torch", plan_budget=plan_budget, layout=layout)
 
 
 class _Full:
@@ -77,6 +91,10 @@ CONES = {
         ),
         (4, 1, 12, 10),
     ),
+    "cone_volume_layout": (
+        lambda **kw: _cone((5, 7, 9), (5, 11), views=select_views("SVCT", 7), layout="volume", **kw),
+        (5, 7, 9),
+    ),
 }
 
 # name -> (operator factory, domain shape); cone-beam operators with their cached plan and on the fly.
@@ -90,6 +108,10 @@ OPERATORS = {
     "zsr_f3_axis2_partial": (lambda: ZAxisSuperResolution(3, axis=2, length=10), (2, 1, 10, 4)),
     "zsr_f4_axis0_partial": (lambda: ZAxisSuperResolution(4, axis=0, length=7), (7, 1, 3, 5)),
     "zsr_f5_axis_last": (lambda: ZAxisSuperResolution(5, axis=-1), (2, 1, 3, 15)),
+    "zsr_f3_fixed_shape_partial": (
+        lambda: ZAxisSuperResolution(3, axis=2, shape=(2, 1, 10, 4)),
+        (2, 1, 10, 4),
+    ),
     "diff_axis0": (lambda: _Diff(0), (5, 1, 4, 6)),
     "diff_axis3": (lambda: _Diff(3), (5, 1, 4, 6)),
     "gradient_xyz": (lambda: _Gradient((0, 2, 3)), (5, 1, 4, 6)),
@@ -103,26 +125,85 @@ def test_adjointness(name, gen):
     x = torch.rand(shape, generator=gen, dtype=torch.float64)
     ax = op.A(x)
     y = torch.rand(ax.shape, generator=gen, dtype=torch.float64)
+    aty = op.A_adjoint(y)
     lhs = torch.sum(ax * y)
-    rhs = torch.sum(x * op.A_adjoint(y))
+    rhs = torch.sum(x * aty)
     assert ax.abs().max() > 0
     assert abs(float(lhs - rhs)) / float(ax.norm() * y.norm()) < 1e-5
+    # Operators return the layout they were given.
+    assert aty.shape == x.shape
 
 
-def test_cone_layouts_agree_and_bad_shape_is_rejected(gen):
-    op = _cone((4, 5, 6), (6, 10), angles=[0.0, 1.0, 2.0])
-    x = torch.rand(4, 1, 5, 6, generator=gen)
+def _physics_operator_classes():
+    """Every class that ``physics`` exports with an ``A`` method, the Protocol and the call counter aside."""
+    classes = {c for c in vars(physics).values() if isinstance(c, type) and callable(getattr(c, "A", None))}
+    return classes - {LinearOperator, CountingOperator}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in OPERATORS if n.startswith(("cone", "zsr")) and not n.endswith("on_the_fly"))
+)
+def test_physics_operators_keep_the_contract(name, gen):
+    make, shape = OPERATORS[name]
+    op = make()
+    if isinstance(op, _Full):
+        op = op.op
+    assert type(op) in _physics_operator_classes()
+    assert isinstance(op, LinearOperator)
+    x = torch.rand(op.input_shape or shape, generator=gen, dtype=torch.float64)
     y = op.A(x)
-    assert y.shape == (3, 6, 10)
-    torch.testing.assert_close(op.A(x[:, 0]), y)
-    torch.testing.assert_close(op.A(x[:, 0][None]), y)
-    assert op.A_adjoint(y).shape == (4, 1, 5, 6)
+    assert op.measurement_shape in (None, tuple(y.shape))
+    assert op.A_adjoint(y).shape == op.A_dagger(y).shape == x.shape
+    if op.dagger_is_exact:
+        torch.testing.assert_close(op.A(op.A_dagger(y)), y)
+
+
+def test_every_physics_operator_class_is_tested_against_the_contract():
+    tested = {type(make()) for make, _ in OPERATORS.values()}
+    assert _physics_operator_classes() == {ConeBeamCT, ZAxisSuperResolution}
+    assert _physics_operator_classes() <= tested
+    # The Protocol checks members: an object without A_dagger or the shapes does not pass.
+    assert not isinstance(_Diff(0), LinearOperator)
+
+
+def test_optional_backends_are_imported_inside_functions_only():
+    # deepinv (the adapter) and astra (baselines) must not become dependencies of importing physics.
+    root = pathlib.Path(physics.__file__).parents[1]
+    for path in sorted((root / "physics").glob("*.py")) + sorted((root / "algorithms").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+                optional = [n for n in names if n.split(".")[0] in ("deepinv", "astra")]
+                assert not optional, f"{path.name} imports {optional} at module level"
+
+
+def test_cone_layouts_agree_and_other_layouts_are_rejected(gen):
+    stack = _cone((4, 5, 6), (6, 10), angles=[0.0, 1.0, 2.0])
+    volume = _cone((4, 5, 6), (6, 10), angles=[0.0, 1.0, 2.0], layout="volume")
+    assert (stack.layout, stack.input_shape, volume.input_shape) == ("stack", (4, 1, 5, 6), (4, 5, 6))
+    x = torch.rand(4, 1, 5, 6, generator=gen, dtype=torch.float64)
+    y = stack.A(x)
+    assert y.shape == stack.measurement_shape == volume.measurement_shape == (3, 6, 10)
+    torch.testing.assert_close(volume.A(x[:, 0]), y, rtol=0, atol=0)
+    torch.testing.assert_close(volume.A_adjoint(y), stack.A_adjoint(y)[:, 0], rtol=0, atol=0)
+    for op, shape in ((stack, (4, 1, 5, 6)), (volume, (4, 5, 6))):
+        assert op.A_adjoint(y).shape == op.A_dagger(y, n_iter=2).shape == op.fdk(y).shape == shape
+        assert op.A_full_adjoint(op.A_full(x.reshape(shape))).shape == shape
+        assert op.view_block(0, 2, combine=lambda t, how: None).A_adjoint(y[:2]).shape == shape
+    with pytest.raises(ValueError, match=r"layout='stack'.*\[D,1,H,W\].*got shape \(4, 5, 6\).*'volume'"):
+        stack.A(x[:, 0])
+    with pytest.raises(ValueError, match=r"got shape \(1, 4, 5, 6\); accepted: \[4, 1, 5, 6\]"):
+        stack.A(x[:, 0][None])
+    with pytest.raises(ValueError, match=r"layout='volume'.*accepted: \[4, 5, 6\].*layout='stack'"):
+        volume.A(x)
     with pytest.raises(ValueError, match=r"\[D,1,H,W\]"):
-        op.A(torch.rand(4, 1, 6, 5))
+        stack.A(torch.rand(4, 1, 6, 5))
     with pytest.raises(ValueError, match="projections"):
-        op.A_adjoint(torch.rand(2, 6, 10))
+        stack.A_adjoint(torch.rand(2, 6, 10))
     with pytest.raises(TypeError, match="float16"):
-        op.A(x.half())
+        stack.A(x.half())
+    with pytest.raises(ValueError, match=r"layout must be one of \['stack', 'volume'\], got 'batch'"):
+        _cone((4, 5, 6), (6, 10), angles=[0.0], layout="batch")
 
 
 def _close(a, b, tol):
@@ -317,7 +398,53 @@ def test_sirt_and_cgls_fit_consistent_data(gen):
     for x in (sirt(op, y, 50), cgls(op, y, 20)):
         assert float((op.A(x) - y).norm()) < 0.05 * start
     assert sirt(op, -y, 3).min() >= 0
-    assert sirt(op, -y, 3, nonneg=False).min() < 0
+    assert sirt(op, -y, 3, min_value=None).min() < 0
+    # astra's MinConstraint: any lower bound, reached by some voxels and respected by all.
+    clipped = sirt(op, y, 5, min_value=0.3)
+    assert clipped.min() == 0.3 and (clipped > 0.3).any()
+    for bad in (float("nan"), float("inf"), "0"):
+        with pytest.raises(ValueError, match="min_value must be None or a finite number"):
+            sirt(op, y, 1, min_value=bad)
+
+
+def _well_posed_cone():
+    """24 views around 4 x 6 x 6 voxels on an 8 x 12 detector: A is injective."""
+    return _cone((4, 6, 6), (8, 12), angles=torch.linspace(0, 2 * math.pi, 25)[:-1])
+
+
+@pytest.mark.parametrize("min_value", [0.0, None])
+def test_sirt_of_noiseless_data_converges_to_the_volume(min_value, gen):
+    op = _well_posed_cone()
+    truth = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = op.A(truth)
+    errors = {}
+
+    def record(k, x):
+        if k + 1 in (10, 30, 100):
+            errors[k + 1] = float((x - truth).norm() / truth.norm())
+
+    sirt(op, y, 100, min_value=min_value, callback=record)
+    assert errors[10] > 1.2 * errors[30] > 1.44 * errors[100]
+    assert errors[100] < 0.16
+
+
+def test_sirt_costs_two_projector_calls_per_iteration_and_reuses_its_weights(gen):
+    op = CountingOperator(_well_posed_cone())
+    y = op.A(torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64))
+    op.calls = 0
+    weights = sirt_weights(op, y)
+    assert op.calls == 2
+    op.calls = 0
+    from_zeros = sirt(op, y, 7, weights=weights)
+    # From zeros the first forward projection is skipped: A 0 = 0.
+    assert op.calls == 2 * 7 - 1
+    op.calls = 0
+    from_given_zeros = sirt(op, y, 7, x0=torch.zeros_like(weights.inv_col), weights=weights)
+    assert op.calls == 2 * 7
+    torch.testing.assert_close(from_zeros, from_given_zeros, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sirt(op, y, 7), from_zeros, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"x0 has shape \(4, 6, 6\); accepted: \[4, 1, 6, 6\]"):
+        sirt(op, y, 1, x0=torch.zeros(4, 6, 6, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("factor,axis,length", [(2, 2, 8), (3, 2, 10), (4, 0, 7), (5, -1, 15), (7, 3, 9)])
@@ -350,6 +477,29 @@ def test_decouple_matrix_is_orthonormal_with_constant_first_vector(factor):
     torch.testing.assert_close(q @ q.T, torch.eye(factor, dtype=torch.float64))
     torch.testing.assert_close(q[:, 0], torch.full((factor,), factor**-0.5, dtype=torch.float64))
     torch.testing.assert_close(q[0, :], torch.full((factor,), factor**-0.5, dtype=torch.float64))
+
+
+def test_zsr_keeps_any_layout_or_one_fixed_shape(gen):
+    free = ZAxisSuperResolution(2, axis=-2)
+    assert free.input_shape is None and free.measurement_shape is None
+    for shape in [(3, 1, 8, 5), (8, 5), (2, 3, 4, 6, 5)]:
+        x = torch.rand(shape, generator=gen, dtype=torch.float64)
+        assert free.A_adjoint(free.A(x)).shape == free.A_dagger(free.A(x)).shape == x.shape
+    fixed = ZAxisSuperResolution(3, axis=2, shape=[2, 1, 10, 4])
+    assert (fixed.input_shape, fixed.measurement_shape, fixed.length) == ((2, 1, 10, 4), (2, 1, 4, 4), 10)
+    x = torch.rand(2, 1, 10, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(fixed.A(x), ZAxisSuperResolution(3, axis=2, length=10).A(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"A takes one shape: got shape \(3, 1, 10, 4\); accepted: \[2, 1,"):
+        fixed.A(torch.zeros(3, 1, 10, 4))
+    for method in (fixed.A_adjoint, fixed.A_dagger):
+        with pytest.raises(ValueError, match=r"A_adjoint and A_dagger take one shape.*accepted: \[2, 1, 4,"):
+            method(torch.zeros(2, 1, 5, 4))
+    with pytest.raises(ValueError, match="length 9 disagrees with shape"):
+        ZAxisSuperResolution(3, axis=2, length=9, shape=(2, 1, 10, 4))
+    with pytest.raises(ValueError, match="axis 4 is out of range for shape"):
+        ZAxisSuperResolution(3, axis=4, shape=(2, 1, 10, 4))
+    with pytest.raises(ValueError, match="shape must be None or a sequence of integers >= 1"):
+        ZAxisSuperResolution(3, shape=(2, 0, 10))
 
 
 def test_zsr_errors():
