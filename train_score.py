@@ -164,7 +164,7 @@ def dsm_loss(net: torch.nn.Module, x: torch.Tensor, sigma_min: float, sigma_max:
     """
     b = x.shape[0]
     t = torch.rand(b, device=x.device, generator=generator) * (1 - SAMPLING_EPS) + SAMPLING_EPS
-    sigma = sigma_min * (sigma_max / sigma_min) ** t
+    sigma = models.ve_sigma(t, sigma_min, sigma_max)
     z = torch.randn(x.shape, device=x.device, generator=generator)
     with autocast:
         score = net(x + sigma.view(b, 1, 1, 1) * z, sigma)

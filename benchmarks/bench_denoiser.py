@@ -6,8 +6,8 @@ own process, so every "cold" compile starts from an empty cache folder and a fre
   1. eager bf16 (channels_last) and eager bf16 + CUDA graph, per chunk size: s/slice, peak memory,
      and the memory probe's estimate (models.denoiser: per-slice bytes x chunk x PROBE_MARGIN);
   2. compiled + CUDA graph at the default knee chunk (what models.Denoiser runs), regional and full:
-     first call (compile + capture) with an EMPTY cache folder, then again in a second process on
-     the same folder (warm), s/slice and peak memory;
+     first call (compile + capture) with an EMPTY cache folder (regional, then full), then each again
+     in a second process on the same folder (warm); s/slice and peak memory;
   3. compiled + CUDA graph at the other chunk sizes (regional, then full), while time remains.
 Then it prints the knee (smallest chunk within KNEE_TOLERANCE of the best s/slice), KNEE_PIXELS, the
 compile scope to make the default, and should_compile's constants, as Python lines for
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,9 +58,9 @@ def parse_args(argv=None):
         "--chunks", default="8,16,32,64,128", help="chunk sizes (slices per call), comma list"
     )
     parser.add_argument("--default-chunk", type=int, default=32, help="chunk of the cold/warm compile runs")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument(
-        "--budget-s", type=float, default=225.0, help="wall-clock budget of the whole command"
+        "--budget-s", type=float, default=230.0, help="wall-clock budget of the whole command"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-size", type=int, default=None, help="override data.image_size (CPU runs)")
@@ -111,6 +112,18 @@ def measure(denoiser, chunk, config, args, device):
     return {"first_call_s": first, "s_per_slice": statistics.median(times) / chunk, "peak_bytes": peak}
 
 
+def measured_row(path, denoiser, chunk, config, args, device, **extra):
+    """One JSON line: the measurement of denoiser at chunk slices, and the chunk it really ran (the
+    denoiser halves a chunk that runs out of memory)."""
+    row = {"path": path, "chunk": chunk, **extra}
+    row.update(measure(denoiser, chunk, config, args, device))
+    size = config.data.image_size
+    row["ran_chunk"] = denoiser.chunk_size(
+        torch.empty(chunk, config.data.num_channels, size, size, device=device)
+    )
+    print(json.dumps(row), flush=True)
+
+
 def worker(args):
     device = torch.device(args.device)
     if args.backend != "inductor":
@@ -122,25 +135,21 @@ def worker(args):
     config = make_config(args)
     net = random_network(config, args.seed).to(device)
     graph = device.type == "cuda"
+    size = config.data.image_size
     chunks = [int(c) for c in args.chunks.split(",")]
     if args.worker == "eager":
         probe = Denoiser(net, precision="bf16", channels_last=True)
         for chunk in chunks:
-            size = config.data.image_size
             x = torch.rand(chunk, config.data.num_channels, size, size, device=device)
-            per_slice = probe._probe_bytes_per_slice(x) if device.type == "cuda" else float("nan")
-            paths = {"eager": False, "eager+graph": True} if graph else {"eager": False}
-            for path, cuda_graph in paths.items():
+            per_slice = probe.measure_bytes_per_slice(x) if graph else float("nan")
+            estimate = per_slice * chunk * denoiser_module.PROBE_MARGIN
+            for path, cuda_graph in (
+                {"eager": False, "eager+graph": True} if graph else {"eager": False}
+            ).items():
                 denoiser = Denoiser(
                     net, slice_batch=chunk, precision="bf16", channels_last=True, cuda_graph=cuda_graph
                 )
-                row = {
-                    "path": path,
-                    "chunk": chunk,
-                    "probe_bytes": per_slice * chunk * denoiser_module.PROBE_MARGIN,
-                }
-                row.update(measure(denoiser, chunk, config, args, device))
-                print(json.dumps(row), flush=True)
+                measured_row(path, denoiser, chunk, config, args, device, probe_bytes=estimate)
                 del denoiser
         return 0
     for chunk in chunks:
@@ -152,9 +161,7 @@ def worker(args):
             compile=args.worker,
             cuda_graph=graph,
         )
-        row = {"path": f"{args.worker}+graph" if graph else args.worker, "chunk": chunk}
-        row.update(measure(denoiser, chunk, config, args, device))
-        print(json.dumps(row), flush=True)
+        measured_row(f"{args.worker}+graph" if graph else args.worker, denoiser, chunk, config, args, device)
         del denoiser
         torch._dynamo.reset()  # the next chunk compiles from its own cache, not from this process's state
     return 0
@@ -187,14 +194,16 @@ def run_worker(args, kind, chunks, cache, deadline, label):
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
     start = time.monotonic()
+    # A session of its own, so that a worker stopped at the deadline takes its compile workers along.
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=remaining)
-        stdout, status = (
-            done.stdout,
-            "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}",
-        )
-    except subprocess.TimeoutExpired as err:
-        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        stdout, stderr = process.communicate(timeout=remaining)
+        status = "ok" if process.returncode == 0 else f"exit {process.returncode}: {stderr[-300:]}"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
         status = f"stopped at the time budget after {remaining:.0f} s"
     rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     for row in rows:
@@ -231,6 +240,11 @@ def report(args, rows, config):
             f"{row['first_call_s']:10.1f} "
             f"{gib(row['peak_bytes']):>9s} {gib(row.get('probe_bytes')):>9s}  {row['label']}"
         )
+
+    halved = [r for r in rows if r["ran_chunk"] != r["chunk"]]
+    for row in halved:
+        print(f"{row['path']} chunk {row['chunk']} ran out of memory and ran {row['ran_chunk']}: left out")
+    rows = [r for r in rows if r not in halved]
 
     def of(path, label_part=""):
         """Rows of a path ("eager", "eager+graph") or a compile scope ("regional", "full"), from the
@@ -311,8 +325,8 @@ def main(argv=None):
         plan = [
             ("eager", chunks, "eager", "eager sweep"),
             ("regional", [args.default_chunk], "regional", "regional cold"),
-            ("regional", [args.default_chunk], "regional", "regional warm"),
             ("full", [args.default_chunk], "full", "full cold"),
+            ("regional", [args.default_chunk], "regional", "regional warm"),
             ("full", [args.default_chunk], "full", "full warm"),
             ("regional", others, "regional", "regional sweep"),
             ("full", others, "full", "full sweep"),

@@ -373,7 +373,7 @@ class Denoiser:
         if x.device.type != "cuda":
             return CPU_SLICE_BATCH
         key = (*x.shape[1:], x.device)
-        self._per_slice[key] = self._probe_bytes_per_slice(x)
+        self._per_slice[key] = self.measure_bytes_per_slice(x)
         return fit_chunk(self._per_slice[key], self._budget_bytes(x), knee_slices(*x.shape[-2:]))
 
     def _budget_bytes(self, x):
@@ -385,8 +385,11 @@ class Denoiser:
             reserve = RESERVE_STACKS * x.numel() * 4 + RESERVE_FIXED_BYTES
         return free + cached - reserve
 
-    def _probe_bytes_per_slice(self, x):
-        """Peak memory of one slice through the eager network, measured on PROBE_SLICES slices."""
+    def measure_bytes_per_slice(self, x: torch.Tensor) -> float:
+        """Peak CUDA memory of one slice of x through the eager network in this denoiser's precision
+        and layout, measured on PROBE_SLICES slices (resets the device's peak-memory statistics)."""
+        if x.device.type != "cuda":
+            raise ValueError(f"Denoiser: memory is measured on CUDA devices only, got a tensor on {x.device}")
         chunk = x[:PROBE_SLICES]
         sigma = torch.ones((), device=x.device)
         torch.cuda.synchronize(x.device)

@@ -138,6 +138,11 @@ def test_other_errors_are_not_taken_for_out_of_memory(gen):
         Denoiser(Broken(), slice_batch=2)(torch.rand(3, 1, 8, 8, generator=gen), 1.0)
 
 
+def test_memory_is_measured_on_cuda_only(net):
+    with pytest.raises(ValueError, match="memory is measured on CUDA devices only, got a tensor on cpu"):
+        Denoiser(net).measure_bytes_per_slice(torch.zeros(2, 1, 32, 32))
+
+
 def test_slice_batch_check():
     check_slice_batch(None, 5)
     check_slice_batch(5, 5)
