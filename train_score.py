@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the latest checkpoint in --run-dir")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (compact export or score_sde checkpoint; fresh optimiser)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle --resume / --init-weights files in full (runs code stored in them): trusted files only")
     p.add_argument("--max-steps", type=int, default=None, help="total steps of the run (default: training.n_iters)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of this call; saves and exits before it")
     p.add_argument("--reserve-seconds", type=float, default=30.0,
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-rate", type=float, default=None, help="EMA decay (default: model.ema_rate)")
     p.add_argument("--sigma-max", type=float, default=None, help="override model.sigma_max")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="autocast precision (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--precision", choices=tuple(models.PRECISIONS), default=None, help="autocast precision (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for cuda)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
@@ -162,7 +164,7 @@ def dsm_loss(net: torch.nn.Module, x: torch.Tensor, sigma_min: float, sigma_max:
     """
     b = x.shape[0]
     t = torch.rand(b, device=x.device, generator=generator) * (1 - SAMPLING_EPS) + SAMPLING_EPS
-    sigma = sigma_min * (sigma_max / sigma_min) ** t
+    sigma = models.ve_sigma(t, sigma_min, sigma_max)
     z = torch.randn(x.shape, device=x.device, generator=generator)
     with autocast:
         score = net(x + sigma.view(b, 1, 1, 1) * z, sigma)
@@ -246,12 +248,6 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 class Trainer:
     """Model, EMA, optimiser, data and generators of one run; ``run()`` trains until a stop condition."""
 
@@ -278,9 +274,7 @@ class Trainer:
         self.forward = self.model
         if args.compile:
             self.forward = torch.compile(self.model)
-        dtype = {"fp32": None, "bf16": torch.bfloat16}[args.precision]
-        self.autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
-                         else contextlib.nullcontext())
+        self.autocast = models.autocast(self.device.type, args.precision)
         self.sigma_min, self.sigma_max = float(config.model.sigma_min), float(config.model.sigma_max)
 
     # -- state ----------------------------------------------------------------------------------
@@ -291,7 +285,7 @@ class Trainer:
         trainer_state = {"step": self.step, "elapsed": self.elapsed, "warmup_from": self.warmup_from,
                          "data": self.data.state_dict(),
                          "data_gen": self.data_gen.get_state(), "noise_gen": self.noise_gen.get_state()}
-        _atomic_save(trainer_state, folder / f"trainer_{self.step}.pt")
+        models.atomic_save(trainer_state, folder / f"trainer_{self.step}.pt")
         models.save_checkpoint(folder / f"checkpoint_{self.step}.pth", self.model, self.ema, self.optimizer, self.step)
         for old in _checkpoint_steps(self.args.run_dir)[:-self.args.keep_checkpoints]:
             (folder / f"checkpoint_{old}.pth").unlink(missing_ok=True)
@@ -304,11 +298,12 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint pair (checkpoint_<step>.pth + trainer_<step>.pt) "
                                     f"in {self.args.run_dir / 'checkpoints'}")
         folder = self.args.run_dir / "checkpoints"
-        state = torch.load(folder / f"checkpoint_{steps[-1]}.pth", map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        trust = self.args.trust_checkpoint
+        state = models.read_checkpoint(folder / f"checkpoint_{steps[-1]}.pth", trust, map_location=self.device)
+        self.model.load_state_dict(models.strip_module_prefix(state["model"]))
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        trainer = torch.load(folder / f"trainer_{steps[-1]}.pt", map_location="cpu", weights_only=False)
+        trainer = models.read_checkpoint(folder / f"trainer_{steps[-1]}.pt", trust)
         self.step, self.elapsed = int(trainer["step"]), float(trainer["elapsed"])
         self.warmup_from = int(trainer["warmup_from"])
         self.data.load_state_dict(trainer["data"])
@@ -320,7 +315,7 @@ class Trainer:
 
         The step count and training minutes recorded in the file carry on, so that exports keep the totals.
         """
-        net = models.load_score_model(self.config, path, device=self.device)
+        net = models.load_score_model(self.config, path, device=self.device, trust=self.args.trust_checkpoint)
         self.model.load_state_dict(net.state_dict())
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=self.args.ema_rate)
         info = net.checkpoint_info

@@ -1,10 +1,21 @@
 """Model configs in the score_sde layout (training, sampling, eval, data, model, optim, seed), validated.
 
-A config is read from YAML (or a dict / ConfigDict), every key is checked against SCHEMA (type,
+A config is read from YAML, a dict, an ml_collections.ConfigDict or a score_sde / DiffusionMBIR
+``.py`` config file (one that defines ``get_config()``); every key is checked against SCHEMA (type,
 accepted values), missing optional keys take score_sde's defaults, and an ml_collections.ConfigDict
 is returned.
+
+YAML files and dicts are ours and are checked strictly: an unknown key is an error. ConfigDicts
+and ``.py`` files come from score_sde's code, which keeps settings the network does not use beside
+the network's (a ``torch.device`` as ``device``, ``data.tfrecords_path``, ``optim.amsgrad``, ...):
+those (unknown keys outside the ``model`` section, and a non-string ``device``) are dropped with
+one warning naming them. Unknown ``model`` keys and top-level sections, and wrong values of known
+keys, are errors from every source.
 """
 
+import importlib.util
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -150,25 +161,42 @@ _CHECKS = {
 }
 
 
+STRICT_SECTIONS = ("model",)
+"""Sections whose unknown keys are errors from every source: they may define the network."""
+
+
 def load_config(path_or_config) -> ml_collections.ConfigDict:
     """Read and validate a model config.
 
     Args:
-        path_or_config: path to a YAML file (str or Path), a nested dict, or a ConfigDict.
+        path_or_config: path to a YAML file or to a score_sde ``.py`` config file (str or Path), a
+            nested dict, or a ConfigDict (e.g. score_sde's ``get_config()``).
 
     Returns:
         A new ConfigDict with every section of SCHEMA, defaults filled in.
 
     Raises:
-        FileNotFoundError: the YAML file does not exist.
-        ValueError: an unknown key, a missing required key, a value of the wrong type or outside
-            the accepted values, or inconsistent values; the message names the key and the source.
+        FileNotFoundError: the file does not exist.
+        ValueError: an unknown key (see the module docstring for the keys score_sde configs may
+            carry), a missing required key, a value of the wrong type or outside the accepted
+            values, or inconsistent values; the message names the key and the source.
     """
-    raw, source = _read(path_or_config)
+    raw, source, foreign = _read(path_or_config)
     if not isinstance(raw, dict):
         raise ValueError(f"config {source} must be a mapping of sections, got {type(raw).__name__}")
-    config = _validate_level(raw, SCHEMA, "", source)
+    ignored = [] if foreign else None
+    if foreign and raw.get("device") is not None and not isinstance(raw["device"], str):
+        raw = {**raw, "device": None}
+        ignored.append("device")
+    config = _validate_level(raw, SCHEMA, "", source, ignored)
     _check_consistency(config, source)
+    if ignored:
+        warnings.warn(
+            f"config {source}: ignored {len(ignored)} setting(s) the network does not use: "
+            f"{', '.join(ignored)}",
+            UserWarning,
+            stacklevel=2,
+        )
     return ml_collections.ConfigDict(config)
 
 
@@ -187,32 +215,70 @@ def describe_source(path_or_config) -> str:
 
 
 def _read(path_or_config):
+    """(raw nested dict, name of the source, whether it comes from score_sde's code)."""
     if isinstance(path_or_config, ml_collections.ConfigDict):
-        return path_or_config.to_dict(), describe_source(path_or_config)
+        return path_or_config.to_dict(), describe_source(path_or_config), True
     if isinstance(path_or_config, dict):
-        return path_or_config, "<dict>"
+        return path_or_config, "<dict>", False
     if isinstance(path_or_config, (str, Path)):
         path = Path(path_or_config)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
+        if path.suffix == ".py":
+            return _run_config_file(path), str(path), True
         import yaml
 
         try:
             with open(path, encoding="utf-8") as handle:
-                return yaml.safe_load(handle), str(path)
+                return yaml.safe_load(handle), str(path), False
         except (UnicodeDecodeError, yaml.YAMLError) as err:
             reason = " ".join(str(err).split())
             raise ValueError(f"config {path} is not a readable YAML file ({reason})") from None
     raise TypeError(
-        "config must be a YAML path, a dict or an ml_collections.ConfigDict, "
+        "config must be a YAML or .py path, a dict or an ml_collections.ConfigDict, "
         f"got {type(path_or_config).__name__}"
     )
 
 
-def _validate_level(raw, schema, prefix, source):
+def _run_config_file(path):
+    """get_config() of a score_sde-style .py config file, as a nested dict.
+
+    The file is Python and runs (as in score_sde). Its imports of ``configs.<module>`` resolve in
+    the tree the file lives in: the folder above its nearest ``configs`` folder goes first on the
+    import path, and ``configs`` modules imported from elsewhere are set aside meanwhile.
+    """
+    path = path.resolve()
+    root = next((folder.parent for folder in path.parents if folder.name == "configs"), path.parent)
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "configs"}
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_score_sde_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        config = get_config() if callable(get_config) else None
+    except Exception as err:  # noqa: BLE001 -- a config file can fail in any way; report it in one line
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"config {path} could not be run ({type(err).__name__}: {reason})") from None
+    finally:
+        sys.path.remove(str(root))
+        for name in [name for name in sys.modules if name.split(".")[0] == "configs"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    if config is None:
+        raise ValueError(f"config {path} defines no get_config(); a score_sde .py config file is accepted")
+    return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def _validate_level(raw, schema, prefix, source, ignored):
+    """Validated values of one level; unknown keys are collected in ignored (a list) where the source
+    may carry them, else they are errors (ignored None)."""
     unknown = [key for key in raw if key not in schema]
-    if unknown:
-        where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+    section = prefix[:-1]
+    if unknown and ignored is not None and prefix and section not in STRICT_SECTIONS:
+        ignored.extend(prefix + key for key in unknown)
+    elif unknown:
+        where = f"section '{section}'" if prefix else "the top level"
         raise ValueError(
             f"unknown config key '{prefix}{unknown[0]}' in {source}; accepted keys in {where}: "
             f"{', '.join(schema)}"
@@ -224,7 +290,7 @@ def _validate_level(raw, schema, prefix, source):
             section = raw.get(key) or {}
             if not isinstance(section, dict):
                 raise ValueError(f"config key '{name}' in {source} must be a section (mapping)")
-            out[key] = _validate_level(section, spec, name + ".", source)
+            out[key] = _validate_level(section, spec, name + ".", source, ignored)
         elif key in raw:
             out[key] = _validate_value(name, raw[key], spec, source)
         elif spec.default is REQUIRED:

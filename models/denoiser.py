@@ -1,48 +1,113 @@
-"""The denoiser D(x, sigma) = x + sigma^2 score(x, sigma) over a slice stack, in memory-sized chunks."""
+"""The denoiser D(x, sigma) = x + sigma^2 score(x, sigma) over a slice stack, in memory-sized chunks.
 
+Chunk size. A given slice_batch is used as is. Otherwise, on the CPU, CPU_SLICE_BATCH; on CUDA,
+the smallest of: the knee (KNEE_PIXELS: bigger chunks are no faster, but compile longer and hold
+more memory), and what fits in the free memory after reserve_bytes for the rest of the run, where
+one slice's memory is MEASURED once per plane shape by a probe (an eager call on PROBE_SLICES
+slices, peak allocation over the slices, times PROBE_MARGIN). A chunk that still runs out of
+memory is halved and the call goes on (one warning); one slice that does not fit raises
+DenoiserMemoryError.
+
+Compilation. compile="full" compiles the whole network (one graph: fastest kernels, longest first
+compile); compile="regional" compiles each residual and attention block (REGIONAL_BLOCKS) on its
+own, so repeated blocks share their compiled code and the first compile is shorter; either way a
+CUDA graph (cuda_graph=True) replays the whole fixed-shape call. Compile caches live in a per-user
+folder that survives runs (configure_compile_cache). should_compile says when compiling pays back.
+"""
+
+import copy
 import math
+import os
 import warnings
+from pathlib import Path
 
 import torch
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-"""precision name -> autocast dtype (None: plain fp32)."""
+from models.layers import AttnBlock, ResnetBlockBigGAN, ResnetBlockDDPM
+from models.precision import PRECISIONS, autocast
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""torch.compile modes the denoiser accepts (compile=True means "default")."""
+"""torch.compile modes the denoiser accepts (as compile=<mode>: the whole network in that mode)."""
+
+COMPILE_SCOPES = ("full", "regional")
+"""What compile=<scope> compiles: the whole network, or each block of REGIONAL_BLOCKS on its own."""
+
+DEFAULT_COMPILE_SCOPE = "full"
+"""What compile=True means. "full" until benchmarks/bench_denoiser.py shows "regional" within a few
+per cent of its s/slice on the GPU (it prints the comparison)."""
 
 GRAPH_MODES = ("reduce-overhead", "max-autotune")
 """The compile modes that already replay CUDA graphs (so cuda_graph=True would nest captures)."""
 
+REGIONAL_BLOCKS = (ResnetBlockBigGAN, ResnetBlockDDPM, AttnBlock)
+"""The repeated blocks that compile="regional" compiles one by one (45 in the 256 NCSN++)."""
+
 CPU_SLICE_BATCH = 4
 """Slices per chunk on the CPU, where memory is not the limit."""
 
-MEMORY_FRACTION = 0.6
-"""Share of the free CUDA memory that the chunks may use (the rest is margin for fragmentation)."""
+KNEE_PIXELS = 32 * 256 * 256
+"""Pixels per network call (slices x H x W) from which the GPU runs the network at full throughput
+(the knee): automatic chunks hold at most KNEE_PIXELS // (H W) slices, 32 for 256 x 256 planes.
+Bigger chunks buy no speed, compile longer and hold more memory. A default until measured on the
+GPU: benchmarks/bench_denoiser.py prints the measured value."""
+
+PROBE_SLICES = 8
+"""Slices of the probe call that measures one slice's peak memory."""
+
+PROBE_MARGIN = 1.25
+"""Safety factor on the probe's per-slice memory (compiled kernels, graph pools and allocator
+fragmentation differ from the eager probe)."""
+
+RESERVE_STACKS = 8
+"""Default memory kept free for the rest of the run, in fp32 copies of the slice stack (the
+sampler's and the data-consistency step's volumes) ..."""
+
+RESERVE_FIXED_BYTES = 2 * 2**30
+"""... plus this much for the operator's and libraries' workspaces."""
+
+# should_compile's model of the 256 x 256 NCSN++ in bf16 on one GPU (NVIDIA H200); times scale with
+# the pixels of a plane. Set from benchmarks/bench_denoiser.py, which prints all three.
+EAGER_S_PER_SLICE_256 = 8.85e-3
+"""Seconds per slice of the eager bf16 network at the knee chunk."""
+
+COMPILED_S_PER_SLICE_256 = 3.9e-3
+"""Seconds per slice of the compiled (DEFAULT_COMPILE_SCOPE) network replayed in a CUDA graph."""
+
+COMPILE_SECONDS = 120.0
+"""First compile of DEFAULT_COMPILE_SCOPE with empty caches (the first run on a machine)."""
+
+CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+"""Compile-cache variables that configure_compile_cache points into the per-user cache folder."""
 
 
-def bytes_per_slice(config, precision="fp32") -> int:
-    """Estimated peak activation memory of one slice through the network, in bytes.
+class DenoiserMemoryError(MemoryError):
+    """Not even one slice of the plane fits in the device memory."""
 
-    Counts the skip activations kept for the upsampling path, plus at the widest level the
-    working set of a residual block (concatenated input, normalised copy, two convolution
-    outputs and the shortcut), plus a dense attention matrix where attention runs.
 
-    Args:
-        config: validated model config (models.load_config).
-        precision: "fp32" or "bf16" (bf16 halves every activation).
-    """
-    m, size = config.model, config.data.image_size
-    element = 2 if PRECISIONS[precision] is not None else 4
-    skips, working = m.nf * size**2, 0
-    for level, mult in enumerate(m.ch_mult):
-        pixels = (size // 2**level) ** 2
-        width = m.nf * mult
-        skips += (m.num_res_blocks + 1) * width * pixels
-        working = max(working, 8 * width * pixels)
-        if size // 2**level in list(m.attn_resolutions) or level == len(m.ch_mult) - 1:
-            working = max(working, 2 * pixels * pixels + 4 * width * pixels)
-    return int((skips + working) * element)
+def check_slice_batch(slice_batch, num_slices: int) -> None:
+    """A one-line ValueError when slice_batch (None: chosen from memory) exceeds the num_slices
+    slices of the volume or is not a positive integer."""
+    if slice_batch is None:
+        return
+    if isinstance(slice_batch, bool) or not isinstance(slice_batch, int) or slice_batch < 1:
+        raise ValueError(f"slice batch must be a positive integer, got {slice_batch!r}")
+    if slice_batch > num_slices:
+        raise ValueError(
+            f"slice batch {slice_batch} exceeds the volume's {num_slices} slices; accepted: 1 to "
+            f"{num_slices}, or none to choose it from the free memory"
+        )
+
+
+def knee_slices(height: int, width: int) -> int:
+    """The knee chunk for planes of height x width: KNEE_PIXELS // (height width), at least 1."""
+    return max(1, KNEE_PIXELS // (height * width))
+
+
+def fit_chunk(bytes_per_slice: float, budget_bytes: float, knee: int) -> int:
+    """Slices per chunk: as many as budget_bytes holds at bytes_per_slice x PROBE_MARGIN, at most
+    knee, at least 1 (a chunk that then does not fit is halved at run time)."""
+    fits = int(budget_bytes // (bytes_per_slice * PROBE_MARGIN)) if bytes_per_slice > 0 else knee
+    return max(1, min(knee, fits))
 
 
 def balanced_chunk(num_slices: int, limit: int) -> int:
@@ -53,6 +118,91 @@ def balanced_chunk(num_slices: int, limit: int) -> int:
     """
     chunks = math.ceil(num_slices / limit)
     return math.ceil(num_slices / chunks)
+
+
+def should_compile(num_slices: int, nfe: int, plane_size, device) -> bool:
+    """Whether compiling the network pays back within one reconstruction.
+
+    True when the predicted saving, (EAGER_S_PER_SLICE_256 - COMPILED_S_PER_SLICE_256) scaled to
+    the plane's pixels x num_slices x nfe, exceeds COMPILE_SECONDS; never off CUDA (the compiled
+    path replays CUDA graphs).
+
+    Args:
+        num_slices: slices of the volume the network sees at each step.
+        nfe: network evaluations per slice (sampler steps).
+        plane_size: side of the square planes, or (height, width).
+        device: torch.device or name.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    height, width = (plane_size, plane_size) if isinstance(plane_size, int) else plane_size
+    saving_per_slice = (EAGER_S_PER_SLICE_256 - COMPILED_S_PER_SLICE_256) * height * width / 256**2
+    return saving_per_slice * num_slices * nfe > COMPILE_SECONDS
+
+
+def compile_cache_dir() -> Path:
+    """The per-user folder of the compile caches: $XDG_CACHE_HOME/iscs, else ~/.cache/iscs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "iscs"
+
+
+def configure_compile_cache() -> None:
+    """Keep inductor's and Triton's compile caches in compile_cache_dir() (which survives runs and
+    reboots) and turn on torch's FX graph and AOT autograd caches, except where the user set the
+    variables (CACHE_ENV, TORCHINDUCTOR_FX_GRAPH_CACHE, TORCHINDUCTOR_AUTOGRAD_CACHE)."""
+    for variable, folder in CACHE_ENV.items():
+        os.environ.setdefault(variable, str(compile_cache_dir() / folder))
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    if "TORCHINDUCTOR_FX_GRAPH_CACHE" not in os.environ:
+        inductor_config.fx_graph_cache = True
+    # torch < 2.5 has no AOT autograd cache.
+    if "TORCHINDUCTOR_AUTOGRAD_CACHE" not in os.environ and hasattr(
+        functorch_config, "enable_autograd_cache"
+    ):
+        functorch_config.enable_autograd_cache = True
+
+
+def compile_regions(net, mode="default"):
+    """net with each REGIONAL_BLOCKS module replaced by torch.compile of it; parameters and buffers
+    are shared and net itself is unchanged (its containers are shallow-copied where a block moves).
+    """
+    if isinstance(net, REGIONAL_BLOCKS):
+        return torch.compile(net, mode=mode, dynamic=False)
+    children = {
+        name: child if child is None else compile_regions(child, mode) for name, child in net._modules.items()
+    }
+    if all(children[name] is child for name, child in net._modules.items()):
+        return net
+    clone = copy.copy(net)
+    clone._modules = children
+    return clone
+
+
+def _allow_recompiles(count):
+    """Let dynamo keep count compiled variants of one code object (one per distinct block shape),
+    where its default limit (8) would send the rest of the blocks back to eager."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), count))
+            break
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), count))
+            break
+
+
+def _is_out_of_memory(err) -> bool:
+    """Whether err, or an error it was raised from (compilers wrap them), is a CUDA out-of-memory."""
+    while err is not None:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class _FixedShapeCall:
@@ -108,6 +258,8 @@ class _FixedShapeCall:
                 self.output = self.fn(self.input, self.sigma)
             self.graph = graph
         except RuntimeError as exc:
+            if _is_out_of_memory(exc):
+                raise
             self.cuda_graph = False
             self.output = None
             warnings.warn(
@@ -123,23 +275,34 @@ class Denoiser:
 
     Args:
         net: score network (load_score_model), net(x [B,C,H,W], sigma [B]) -> score.
-        slice_batch: slices per network call; None chooses it: on CUDA from the free device memory
-            and bytes_per_slice (once per call), on the CPU CPU_SLICE_BATCH.
-        precision: "fp32", or "bf16" for bf16 autocast (the result is fp32 either way).
+        slice_batch: slices per network call; None chooses it (see the module docstring: on CUDA
+            from a measured probe, the free memory less reserve_bytes, and the knee).
+        precision: a name of models.PRECISIONS ("fp32", or "bf16" for bf16 autocast); the result
+            is fp32 either way.
         channels_last: run the network in channels_last memory layout (faster convolutions on
             CUDA; converts the network's weights in place).
-        compile: run the network through torch.compile: True (its default mode) or a name of
-            COMPILE_MODES. The network is compiled once per chunk shape, so the chunk size is
-            fixed per stack size (balanced_chunk of the slice_batch or memory limit) and the last
-            chunk is zero-padded to it. The first call pays the compilation (tens of seconds
-            for the 256x256 NCSN++ on a GPU).
+        compile: run the network through torch.compile: True (DEFAULT_COMPILE_SCOPE), "full" or
+            "regional" (COMPILE_SCOPES, in torch.compile's default mode), or a name of
+            COMPILE_MODES (the whole network in that mode). The network is compiled once per
+            chunk shape, so the chunk size is fixed per stack size (balanced_chunk of the
+            slice_batch or memory limit) and the last chunk is zero-padded to it. The first call
+            pays the compilation; the caches are kept (configure_compile_cache).
         cuda_graph: capture the fixed-shape network call as a CUDA graph and replay it (CUDA only;
             elsewhere, or if the capture fails, the call runs as is, with one warning). Implies the
             fixed chunk shape of compile; the graph's memory stays reserved while the denoiser lives.
+        reserve_bytes: CUDA memory that automatic chunks leave free for the rest of the run (None:
+            RESERVE_STACKS fp32 copies of the stack plus RESERVE_FIXED_BYTES).
     """
 
     def __init__(
-        self, net, slice_batch=None, precision="fp32", channels_last=False, compile=False, cuda_graph=False
+        self,
+        net,
+        slice_batch=None,
+        precision="fp32",
+        channels_last=False,
+        compile=False,
+        cuda_graph=False,
+        reserve_bytes=None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"Denoiser: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -147,14 +310,19 @@ class Denoiser:
             isinstance(slice_batch, bool) or not isinstance(slice_batch, int) or slice_batch < 1
         ):
             raise ValueError(f"Denoiser: slice_batch must be a positive integer or None, got {slice_batch!r}")
-        if not (isinstance(compile, bool) or compile in COMPILE_MODES):
+        accepted = COMPILE_SCOPES + COMPILE_MODES
+        if not (isinstance(compile, bool) or compile in accepted):
             raise ValueError(
-                f"Denoiser: compile must be True, False or one of {', '.join(COMPILE_MODES)}, got {compile!r}"
+                f"Denoiser: compile must be True, False or one of {', '.join(accepted)}, got {compile!r}"
             )
         if cuda_graph and compile in GRAPH_MODES:
             raise ValueError(
                 f"Denoiser: compile mode {compile!r} captures CUDA graphs itself; with cuda_graph=True "
-                f"use compile=True or one of {', '.join(m for m in COMPILE_MODES if m not in GRAPH_MODES)}"
+                f"use compile=True or one of {', '.join(m for m in accepted if m not in GRAPH_MODES)}"
+            )
+        if reserve_bytes is not None and not (isinstance(reserve_bytes, int) and reserve_bytes >= 0):
+            raise ValueError(
+                f"Denoiser: reserve_bytes must be a non-negative integer or None, got {reserve_bytes!r}"
             )
         self.net = net
         self.slice_batch = slice_batch
@@ -162,10 +330,17 @@ class Denoiser:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             net.to(memory_format=torch.channels_last)
-        self.compile_mode = ("default" if compile is True else compile) or None
+        compile = DEFAULT_COMPILE_SCOPE if compile is True else compile
+        self.compile_scope = "regional" if compile == "regional" else ("full" if compile else None)
+        self.compile_mode = None if not compile else ("default" if compile in COMPILE_SCOPES else compile)
         self.cuda_graph = bool(cuda_graph)
+        self.reserve_bytes = reserve_bytes
         self._network = None
         self._calls = {}
+        self._limits = {}
+        self._per_slice = {}
+        self._halved = False
+        self._graph_warned = False
 
     @property
     def fixed_shape(self) -> bool:
@@ -181,18 +356,49 @@ class Denoiser:
         return self._run(x, sigma, denoise=False)
 
     def chunk_size(self, x: torch.Tensor) -> int:
-        """Slices per network call for x: the given slice_batch, else chosen for x's device.
+        """Slices per network call for x: the given slice_batch, else chosen for x's device (on
+        CUDA the first call per plane shape runs the memory probe).
 
         With a fixed chunk shape (compile, cuda_graph) it is balanced over x's slices.
         """
-        if self.slice_batch is not None:
-            limit = self.slice_batch
-        elif x.device.type != "cuda":
-            limit = CPU_SLICE_BATCH
-        else:
-            free, _ = torch.cuda.mem_get_info(x.device)
-            limit = max(1, int(free * MEMORY_FRACTION // bytes_per_slice(self.net.config, self.precision)))
+        key = (*x.shape[1:], x.device)
+        if key not in self._limits:
+            self._limits[key] = self._initial_limit(x)
+        limit = min(self._limits[key], x.shape[0])
         return balanced_chunk(x.shape[0], limit) if self.fixed_shape else limit
+
+    def _initial_limit(self, x):
+        if self.slice_batch is not None:
+            return self.slice_batch
+        if x.device.type != "cuda":
+            return CPU_SLICE_BATCH
+        key = (*x.shape[1:], x.device)
+        self._per_slice[key] = self.measure_bytes_per_slice(x)
+        return fit_chunk(self._per_slice[key], self._budget_bytes(x), knee_slices(*x.shape[-2:]))
+
+    def _budget_bytes(self, x):
+        """Free device memory (the allocator's cached blocks included) less the reserve."""
+        free, _ = torch.cuda.mem_get_info(x.device)
+        cached = torch.cuda.memory_reserved(x.device) - torch.cuda.memory_allocated(x.device)
+        reserve = self.reserve_bytes
+        if reserve is None:
+            reserve = RESERVE_STACKS * x.numel() * 4 + RESERVE_FIXED_BYTES
+        return free + cached - reserve
+
+    def measure_bytes_per_slice(self, x: torch.Tensor) -> float:
+        """Peak CUDA memory of one slice of x through the eager network in this denoiser's precision
+        and layout, measured on PROBE_SLICES slices (resets the device's peak-memory statistics)."""
+        if x.device.type != "cuda":
+            raise ValueError(f"Denoiser: memory is measured on CUDA devices only, got a tensor on {x.device}")
+        chunk = x[:PROBE_SLICES]
+        sigma = torch.ones((), device=x.device)
+        torch.cuda.synchronize(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        with torch.no_grad(), autocast(x.device.type, self.precision):
+            self._eager_call(chunk, sigma)
+        torch.cuda.synchronize(x.device)
+        return (torch.cuda.max_memory_allocated(x.device) - base) / chunk.shape[0]
 
     def _run(self, x, sigma, denoise):
         if x.dim() != 4:
@@ -207,40 +413,87 @@ class Denoiser:
                 f"Denoiser: sigma must be a python float or a 0-d tensor, got shape {tuple(sigma.shape)}"
             )
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        autocast_dtype = PRECISIONS[self.precision]
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                x.device.type,
-                dtype=autocast_dtype or torch.bfloat16,
-                enabled=autocast_dtype is not None,
-                # A graph must not replay casts that the autocast cache frees when the region ends.
-                cache_enabled=not self.cuda_graph,
-            ),
-        ):
+        # A graph must not replay casts that the autocast cache frees when the region ends.
+        with torch.no_grad(), autocast(x.device.type, self.precision, cache_enabled=not self.cuda_graph):
             size = self.chunk_size(x)
-            network = self._fixed_call(x, size) if self.fixed_shape else self._eager_call
-            for start in range(0, x.shape[0], size):
+            start = 0
+            while start < x.shape[0]:
                 chunk = x[start : start + size]
-                score = network(chunk, sigma).float()
-                out[start : start + chunk.shape[0]] = chunk + sigma**2 * score if denoise else score
+                try:
+                    network = self._fixed_call(x, size) if self.fixed_shape else self._eager_call
+                    score = network(chunk, sigma).float()
+                except RuntimeError as err:
+                    if not _is_out_of_memory(err):
+                        raise
+                    reason = str(err).splitlines()[0][:120]
+                else:
+                    out[start : start + chunk.shape[0]] = chunk + sigma**2 * score if denoise else score
+                    start += chunk.shape[0]
+                    continue
+                # Outside the except clause, so the failed call's activations are free again.
+                size = self._halve(x, size, reason)
         return out
+
+    def _halve(self, x, size, reason):
+        """The chunk size after an out-of-memory at size slices (one warning per denoiser)."""
+        key = (*x.shape[1:], x.device)
+        for call_key in [k for k in self._calls if k[1:] == key]:
+            del self._calls[call_key]
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if size == 1:
+            raise DenoiserMemoryError(self._memory_message(x, reason))
+        self._limits[key] = size // 2
+        if not self._halved:
+            self._halved = True
+            warnings.warn(
+                f"Denoiser: {size} slices per call ran out of memory; going on with {size // 2}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return self.chunk_size(x)
+
+    def _memory_message(self, x, reason):
+        plane = "x".join(str(s) for s in x.shape[1:])
+        key = (*x.shape[1:], x.device)
+        needed = (
+            f"about {self._per_slice[key] * PROBE_MARGIN / 2**30:.2f} GiB"
+            if key in self._per_slice
+            else "more than is free"
+        )
+        if x.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(x.device)
+            available = f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB on {x.device}"
+        else:
+            available = f"the memory of {x.device}"
+        return (
+            f"Denoiser: one slice of {plane} does not fit: the network needs {needed}, and there is "
+            f"{available} ({reason}); use smaller planes, precision bf16 or a device with more memory"
+        )
 
     def _eager_call(self, chunk, sigma):
         return self.net(chunk.contiguous(memory_format=self.memory_format), sigma.expand(chunk.shape[0]))
+
+    def _compiled_network(self):
+        """The network as the fixed-shape calls run it: compiled (full or regional) or as is."""
+        if self.compile_scope is None:
+            return self.net
+        configure_compile_cache()
+        if self.compile_scope == "full":
+            return torch.compile(self.net, mode=self.compile_mode, dynamic=False)
+        blocks = sum(isinstance(m, REGIONAL_BLOCKS) for m in self.net.modules())
+        _allow_recompiles(4 * blocks)
+        return compile_regions(self.net, self.compile_mode)
 
     def _fixed_call(self, x, size):
         """The _FixedShapeCall for chunks of size slices of x (built, and compiled, on first use)."""
         key = (size, *x.shape[1:], x.device)
         if key not in self._calls:
             if self._network is None:
-                self._network = (
-                    torch.compile(self.net, mode=self.compile_mode, dynamic=False)
-                    if self.compile_mode is not None
-                    else self.net
-                )
+                self._network = self._compiled_network()
             graph = self.cuda_graph and x.device.type == "cuda"
-            if self.cuda_graph and not graph and not self._calls:
+            if self.cuda_graph and not graph and not self._graph_warned:
+                self._graph_warned = True
                 warnings.warn(
                     f"Denoiser: cuda_graph applies to CUDA tensors only; running on {x.device} without one",
                     RuntimeWarning,

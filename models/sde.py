@@ -5,6 +5,11 @@ import math
 import torch
 
 
+def ve_sigma(t, sigma_min: float, sigma_max: float):
+    """The VE noise schedule sigma_min (sigma_max / sigma_min)^t of t (a float or tensor, returned alike)."""
+    return sigma_min * (sigma_max / sigma_min) ** t
+
+
 class VESDE:
     """dx = sqrt(d sigma(t)^2 / dt) dw on t in [0, T=1], sigma(t) = sigma_min (sigma_max / sigma_min)^t.
 
@@ -33,7 +38,7 @@ class VESDE:
 
     def sigma(self, t):
         """Marginal noise standard deviation at time t (python float or tensor, returned alike)."""
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+        return ve_sigma(t, self.sigma_min, self.sigma_max)
 
     def sde(self, x, t):
         """(drift, diffusion) of the forward SDE at x and time t; the drift is zero."""

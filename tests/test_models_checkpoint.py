@@ -62,21 +62,56 @@ def _trained_pieces(gen):
     return net, ema, optimizer
 
 
-@pytest.mark.parametrize("prefix", ["", "module."])
-def test_score_sde_round_trip(tmp_path, gen, prefix):
+@pytest.mark.parametrize("prefixed", [True, False], ids=["as-written", "without-module-prefix"])
+def test_score_sde_round_trip(tmp_path, gen, prefixed):
     net, ema, optimizer = _trained_pieces(gen)
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, net, ema, optimizer, step=12)
-    if prefix:
-        raw = torch.load(path, weights_only=True)
-        raw["model"] = {prefix + k: v for k, v in raw["model"].items()}
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model", "ema", "optimizer", "step"}
+    assert all(key.startswith("module.") for key in raw["model"])
+    if not prefixed:
+        raw["model"] = {k[len("module.") :]: v for k, v in raw["model"].items()}
         torch.save(raw, path)
     loaded = load_score_model(CONFIG, path)
     ema.copy_to(net.parameters())
     for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.checkpoint_info["step"] == 12
-    assert set(torch.load(path, weights_only=True)) == {"model", "ema", "optimizer", "step"}
+
+
+def _score_sde_restore(ckpt_dir, state, device):
+    """score_sde's utils.restore_checkpoint, line for line (its model is wrapped in DataParallel)."""
+    loaded_state = torch.load(ckpt_dir, map_location=device)
+    state["optimizer"].load_state_dict(loaded_state["optimizer"])
+    state["model"].load_state_dict(loaded_state["model"], strict=False)
+    state["ema"].load_state_dict(loaded_state["ema"])
+    state["step"] = loaded_state["step"]
+    return state
+
+
+def test_score_sde_restore_loads_every_key_and_gives_our_score(tmp_path, gen, expected):
+    net, ema, optimizer = _trained_pieces(gen)
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, net, ema, optimizer, step=12)
+    # score_sde's side: mutils.create_model wraps a fresh network in DataParallel.
+    model = torch.nn.DataParallel(build_model(CONFIG, generator=torch.Generator().manual_seed(99)))
+    theirs = ExponentialMovingAverage(model.parameters(), decay=0.999)
+    adam = torch.optim.Adam(model.parameters(), lr=2e-4)
+    state = _score_sde_restore(path, dict(optimizer=adam, model=model, ema=theirs, step=0), "cpu")
+    missing, unexpected = model.load_state_dict(torch.load(path)["model"], strict=True)
+    assert (missing, unexpected) == ([], [])
+    assert torch.equal(model.module.all_modules[0].W, net.all_modules[0].W)
+    assert state["step"] == 12
+    theirs.copy_to(model.parameters())
+    ours = load_score_model(CONFIG, path)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval()(expected["x"], expected["sigma"]),
+            ours(expected["x"], expected["sigma"]),
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_compact_round_trip_fp32_is_exact(tmp_path, parity_net):

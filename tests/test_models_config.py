@@ -145,5 +145,204 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_wrong_input_type():
-    with pytest.raises(TypeError, match=r"YAML path, a dict or an ml_collections\.ConfigDict, got int"):
+    with pytest.raises(
+        TypeError, match=r"YAML or .py path, a dict or an ml_collections\.ConfigDict, got int"
+    ):
         load_config(3)
+
+
+DEFAULT_CONFIGS = """import ml_collections
+import torch
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 1
+  training.epochs = 1000
+  training.snapshot_freq = 50000
+  training.log_freq = 25
+  training.eval_freq = 100
+  training.snapshot_freq_for_preemption = 5000
+  training.snapshot_sampling = True
+  training.likelihood_weighting = False
+  training.continuous = True
+  training.reduce_mean = False
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.n_steps_each = 1
+  sampling.noise_removal = True
+  sampling.probability_flow = False
+  sampling.snr = 0.16
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 50
+  evaluate.end_ckpt = 96
+  evaluate.batch_size = 8
+  evaluate.enable_sampling = True
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.bpd_dataset = 'test'
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'LSUN'
+  data.image_size = 256
+  data.random_flip = True
+  data.uniform_dequantization = False
+  data.centered = False
+  data.num_channels = 1
+  config.model = model = ml_collections.ConfigDict()
+  model.sigma_max = 378
+  model.sigma_min = 0.01
+  model.num_scales = 2000
+  model.beta_min = 0.1
+  model.beta_max = 20.
+  model.dropout = 0.
+  model.embedding_type = 'fourier'
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000
+  optim.grad_clip = 1.
+  config.seed = 42
+  config.device = torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu')
+  return config
+"""
+
+SMALL_CONFIG = """from configs.default_small_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  training = config.training
+  training.sde = 'vesde'
+  training.continuous = True
+  sampling = config.sampling
+  sampling.method = 'pc'
+  sampling.predictor = 'reverse_diffusion'
+  sampling.corrector = 'langevin'
+  data = config.data
+  data.dataset = 'AAPM'
+  data.root = '/data/AAPM/256'
+  data.tfrecords_path = '/data/AAPM/train.tfrecords'
+  data.is_complex = False
+  data.is_multi = False
+  data.image_size = 32
+  model = config.model
+  model.name = 'ncsnpp'
+  model.scale_by_sigma = True
+  model.ema_rate = 0.999
+  model.normalization = 'GroupNorm'
+  model.nonlinearity = 'swish'
+  model.nf = NF
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (8,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.fir = True
+  model.fir_kernel = [1, 3, 3, 1]
+  model.skip_rescale = True
+  model.resblock_type = 'biggan'
+  model.progressive = 'none'
+  model.progressive_input = 'residual'
+  model.progressive_combine = 'sum'
+  model.attention_type = 'ddpm'
+  model.init_scale = 0.
+  model.fourier_scale = 16
+  model.conv_size = 3
+  return config
+"""
+
+
+def score_sde_tree(tmp_path, nf="16", extra=""):
+    """A score_sde / DiffusionMBIR style config tree (configs/default_*.py + configs/ve/*.py) for the
+    parity network; returns the path of its configs/ve/*.py file."""
+    (tmp_path / "configs" / "ve").mkdir(parents=True)
+    (tmp_path / "configs" / "default_small_configs.py").write_text(DEFAULT_CONFIGS)
+    path = tmp_path / "configs" / "ve" / "small_ncsnpp_continuous.py"
+    path.write_text(SMALL_CONFIG.replace("NF", nf).replace("  return config\n", extra + "  return config\n"))
+    return path
+
+
+def _network_part(config):
+    return {section: config[section].to_dict() for section in ("model", "data")}
+
+
+def test_score_sde_py_file_and_config_object_load_with_one_warning(tmp_path, recwarn):
+    import sys
+
+    path = score_sde_tree(tmp_path)
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    config = load_config(path)
+    assert sys.path == path_before and not {
+        m for m in set(sys.modules) - modules_before if m.startswith("configs")
+    }
+    messages = [str(w.message) for w in recwarn.list]
+    assert len(messages) == 1
+    assert "ignored 2 setting(s) the network does not use: device, data.tfrecords_path" in messages[0]
+    assert config.model.to_dict() == load_config(PARITY).model.to_dict()
+    assert config.data.image_size == 32 and config.data.root == "/data/AAPM/256" and config.device is None
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from configs.ve import small_ncsnpp_continuous
+
+        from_object = load_config(small_ncsnpp_continuous.get_config())
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.split(".")[0] == "configs"]:
+            del sys.modules[name]
+    assert _network_part(from_object) == _network_part(config)
+    assert len(recwarn.list) == 2
+
+
+def test_score_sde_py_config_loads_the_parity_checkpoint(tmp_path, recwarn):
+    import torch
+
+    from models import load_score_model
+
+    net = load_score_model(
+        score_sde_tree(tmp_path), os.path.join(ROOT, "tests", "data", "parity_small_checkpoint.pth")
+    )
+    expected = torch.load(os.path.join(ROOT, "tests", "data", "parity_small_expected.pt"), weights_only=True)
+    with torch.no_grad():
+        assert (net(expected["x"], expected["sigma"]) - expected["score"]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "nf, extra, words",
+    [
+        (
+            "'16'",
+            "",
+            r"config key 'model.nf' in .*small_ncsnpp_continuous.py must be a positive integer, got '16'",
+        ),
+        ("16", "  model.fourier_scal = 16\n", r"unknown config key 'model.fourier_scal' in .*small_ncsnpp"),
+        ("16", "  config.extra = 1\n", r"unknown config key 'extra' in .*accepted keys in the top level"),
+        (
+            "16",
+            "  import tensorflow_not_here\n",
+            r"small_ncsnpp_continuous.py could not be run \(ModuleNotFoundError",
+        ),
+    ],
+    ids=["wrong-network-value", "unknown-model-key", "unknown-section", "failing-file"],
+)
+def test_score_sde_py_errors_that_matter_stay_errors(tmp_path, nf, extra, words):
+    with pytest.raises(ValueError, match=words) as info:
+        load_config(score_sde_tree(tmp_path, nf=nf, extra=extra))
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_stays_strict_outside_the_model_section(tmp_path):
+    path = write_variant(tmp_path, lambda raw: raw["data"].update(tfrecords_path="/x"))
+    with pytest.raises(ValueError, match=r"unknown config key 'data.tfrecords_path'"):
+        load_config(path)
+
+
+def test_py_file_without_get_config(tmp_path):
+    path = tmp_path / "plain.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"plain\.py defines no get_config\(\)"):
+        load_config(path)

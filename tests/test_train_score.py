@@ -68,17 +68,19 @@ def test_resume_continues_with_identical_state(tiny_config, tmp_path):
     _run(tiny_config, tmp_path / "straight", "--max-steps", "4")
     _run(tiny_config, tmp_path / "split", "--max-steps", "2")
     _run(tiny_config, tmp_path / "split", "--max-steps", "4", "--resume")
-    a = torch.load(tmp_path / "straight/checkpoints/checkpoint_4.pth", weights_only=False)
-    b = torch.load(tmp_path / "split/checkpoints/checkpoint_4.pth", weights_only=False)
+    a = torch.load(tmp_path / "straight/checkpoints/checkpoint_4.pth", weights_only=True)
+    b = torch.load(tmp_path / "split/checkpoints/checkpoint_4.pth", weights_only=True)
     assert a["step"] == b["step"] == 4
+    # score_sde's layout: the keys of a DataParallel-wrapped model, which resume reads back.
+    assert a["model"] and all(key.startswith("module.") for key in a["model"])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]))
     assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == 4
     for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(x["exp_avg"], y["exp_avg"]) and torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
-    ta = torch.load(tmp_path / "straight/checkpoints/trainer_4.pt", weights_only=False)
-    tb = torch.load(tmp_path / "split/checkpoints/trainer_4.pt", weights_only=False)
+    ta = torch.load(tmp_path / "straight/checkpoints/trainer_4.pt", weights_only=True)
+    tb = torch.load(tmp_path / "split/checkpoints/trainer_4.pt", weights_only=True)
     assert ta["data"] == tb["data"] and ta["data"]["made"] == 2 + 3  # pool of 2, refreshed at batches 1, 2, 3
     calls = [json.loads(line) for line in (tmp_path / "split/calls.jsonl").read_text().splitlines()]
     assert [(c["first_step"], c["last_step"]) for c in calls] == [(0, 2), (2, 4)]
@@ -128,6 +130,37 @@ def test_refusals(tiny_config, tmp_path):
     _run(tiny_config, tmp_path / "c", "--max-steps", "1")
     with pytest.raises(ValueError, match="already holds checkpoints"):
         _run(tiny_config, tmp_path / "c", "--max-steps", "2")
+
+
+class RunsCode:
+    """Unpickling it creates the marker file (os.system)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "trainer", "init-weights"])
+def test_resume_and_init_weights_never_run_code_from_files(tiny_config, tmp_path, target):
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    if target == "init-weights":
+        evil = tmp_path / "evil.pt"
+        torch.save({"format": "iscs-score-weights", "config": RunsCode(marker)}, evil)
+        extra = ["--init-weights", str(evil)]
+    else:
+        _run(tiny_config, run, "--max-steps", "1")
+        evil = run / "checkpoints" / ("checkpoint_1.pth" if target == "checkpoint" else "trainer_1.pt")
+        torch.save({"model": {}, "ema": RunsCode(marker), "step": 1}, evil)
+        extra = ["--resume"]
+    with pytest.raises(models.UnsafeCheckpointError) as info:
+        _run(tiny_config, run, "--max-steps", "2", *extra)
+    assert not marker.exists()
+    assert "\n" not in str(info.value) and str(evil) in str(info.value) and "posix.system" in str(info.value)
 
 
 def test_max_pairwise_distance_closed_form():
