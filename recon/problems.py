@@ -108,12 +108,12 @@ class ProblemSpec:
     """The classical methods that return one of the baselines."""
 
     def __post_init__(self):
+        name = type(self).__name__
         if self.task not in self.PARAMETERS:
-            raise ValueError(
-                f"{type(self).__name__}: task {self.task!r} is not accepted; accepted: {', '.join(self.PARAMETERS)}"
-            )
+            accepted = ", ".join(self.PARAMETERS)
+            raise ValueError(f"{name}: task {self.task!r} is not accepted; accepted: {accepted}")
         if self.parameter is None:
-            raise ValueError(f"{type(self).__name__}: task {self.task} needs {self.PARAMETERS[self.task]}")
+            raise ValueError(f"{name}: task {self.task} needs {self.PARAMETERS[self.task]}")
 
     def folder_options(self) -> Dict[str, object]:
         """The problem's part of the results folder's name (label -> value): the slice range."""
