@@ -435,7 +435,9 @@ class Evaluation:
             raise ValueError(f"the tuning file has no {name} for {problem}; run --tune --problems {problem}")
         return float(self.tuning[TUNED[method][0]][problem])
 
-    def _record(self, case: Case, weight: Optional[float], metrics: dict, seconds: float, path: str) -> dict:
+    def _record(
+        self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str
+    ) -> dict:
         return {
             "key": case.key,
             **asdict(case),
@@ -444,7 +446,7 @@ class Evaluation:
             "slice_axis": PROBLEM_CLASSES[PROBLEMS[case.problem].task].slice_axis,
             "metrics": metrics,
             "seconds": seconds,
-            "path": path,
+            "runner": runner,
         }
 
     def run(self, case: Case, weight: Optional[float] = None) -> Outcome:
@@ -458,7 +460,7 @@ class Evaluation:
             The outcome, whose record holds the case, its label, the weight used, every metric of
             ``utils.metrics.volume_metrics`` plus ``abs_delta_slices`` (the inter-slice gap along
             the prior's slice axis), ``seconds`` of the reconstruction (for a baseline method: of
-            the problem's baselines, computed once per volume) and ``path`` ("harness").
+            the problem's baselines, computed once per volume) and ``runner`` ("harness").
         """
         weight = self.weight(case.method, case.problem) if weight is None else weight
         prior = PROBLEMS[case.problem].prior
@@ -489,7 +491,7 @@ class Evaluation:
         temporary results folder, with this process's CPU thread count (so that CPU reductions
         round alike); the record is :meth:`run`'s, with the metrics of the run's ``metrics.json``,
         ``abs_delta_slices`` from its ``recon`` and ``GT`` volumes, the script's wall ``seconds``
-        and ``path`` "user".
+        and ``runner`` "entry script".
         """
         weight = self.weight(case.method, case.problem)
         spec = self.spec(case, weight)
@@ -512,7 +514,7 @@ class Evaluation:
             )
         problem = spec.problem
         metrics["abs_delta_slices"] = _slice_gap(problem.to_stack(recon), problem.to_stack(gt))
-        return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "user"))
+        return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script"))
 
 
 # ---------------------------------------------------------------- files
@@ -679,9 +681,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(
         settings=settings,
         device=torch.device(args.device),
-        checkpoints={"ct": args.ct_checkpoint, "mri": args.mri_checkpoint},
+        # Absolute, because the entry scripts run from the repository root.
+        checkpoints={"ct": args.ct_checkpoint.resolve(), "mri": args.mri_checkpoint.resolve()},
         template=args.mri_template,
-        cache=args.cache,
+        cache=args.cache.resolve(),
         problems=tuple(args.problems),
         phantoms=args.phantoms,
         brains=args.brains,

@@ -122,7 +122,7 @@ def test_harness_and_user_path_give_the_same_metrics(toy):
     user_records = {record["key"]: record for record in _lines(user)}
     assert sorted(user_records) == sorted(harness_records) and len(user_records) == 2
     for key, record in user_records.items():
-        assert (record["path"], harness_records[key]["path"]) == ("user", "harness")
+        assert (record["runner"], harness_records[key]["runner"]) == ("entry script", "harness")
         assert record["metrics"] == harness_records[key]["metrics"], key
     # Each volume is written once, in HU for CT, and both ways read it from there.
     files = sorted(path.name for path in (folder / "cache").iterdir())
