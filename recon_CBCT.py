@@ -6,8 +6,8 @@ folder; ``python recon_CBCT.py --help`` lists every option. ``recon_CBCT.sh`` is
 
 import sys
 
-from utils.run import main as run_main
-from utils.tasks import CBCT_PROFILE
+from recon.problems import CBCT_PROFILE
+from recon.run import main as run_main
 
 
 def main(argv=None) -> int:

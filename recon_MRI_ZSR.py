@@ -7,8 +7,8 @@ self-describing results folder; ``python recon_MRI_ZSR.py --help`` lists every o
 
 import sys
 
-from utils.run import main as run_main
-from utils.tasks import ZSR_PROFILE
+from recon.problems import ZSR_PROFILE
+from recon.run import main as run_main
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,10 @@
 """Reconstruction algorithms: the sampler, data consistency, re-noising, noise sources, solvers.
 
-Public entry points: :func:`reconstruct` (what the entry scripts call), :func:`sample` (the one
-sampler loop), :func:`get_sigmas`, the data-consistency steps :class:`DDSConsistency` and
-:class:`DDNMConsistency`, the registries ``METHODS``, ``RENOISE`` and ``NOISE_SOURCES``, and the
-one conjugate-gradient solver :func:`conjugate_gradient` and the ADMM-TV baseline :func:`admm_tv`.
+Public entry points: :func:`reconstruct` (what the entry scripts call) with its
+:class:`SamplerConfig`, :func:`sample` (the one sampler loop) and its :class:`Step` interface,
+:func:`get_sigmas`, the data-consistency steps :class:`DDSConsistency` and :class:`DDNMConsistency`
+(run by :class:`ConsistencyStep`), the registries ``RENOISE`` and ``NOISE_SOURCES``, the one
+conjugate-gradient solver :func:`conjugate_gradient` and the ADMM-TV baseline :func:`admm_tv`.
 """
 
 from .admm_tv import admm_tv
@@ -20,7 +21,7 @@ from .noise import (
     make_noise,
 )
 from .renoise import RENOISE, EtaRenoise, make_renoise
-from .sampler import METHODS, get_sigmas, reconstruct, sample
+from .sampler import ConsistencyStep, SamplerConfig, Step, get_sigmas, reconstruct, sample
 
 __all__ = [
     "admm_tv",
@@ -38,7 +39,9 @@ __all__ = [
     "RENOISE",
     "EtaRenoise",
     "make_renoise",
-    "METHODS",
+    "ConsistencyStep",
+    "SamplerConfig",
+    "Step",
     "get_sigmas",
     "reconstruct",
     "sample",

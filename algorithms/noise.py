@@ -12,7 +12,8 @@ stochasticity, ICLR 2026):
 - ``ar1``: a stationary AR(1) process along the slice axis; its correlation length moves
   continuously from ``iid`` (0) to ``shared`` (infinity).
 
-``NOISE_SOURCES`` maps names to classes and :func:`make_noise` resolves names and aliases.
+``NOISE_SOURCES`` maps names to classes, ``NOISE_KNOBS`` names and describes their parameters, and
+:func:`make_noise` resolves names and aliases.
 """
 
 from __future__ import annotations
@@ -181,6 +182,13 @@ NOISE_ALIASES = {
     "None": "iid",
     "SLERP": "iscs",
     "BCS": "shared",
+}
+
+
+# Every constructor parameter of a source, with what it does: the command line offers one option per knob.
+NOISE_KNOBS = {
+    "span": "ISCS angular spread (1 = the reference's)",
+    "corr_length": "ar1 correlation length in slices",
 }
 
 

@@ -6,22 +6,56 @@ Diffusion Null-Space Model", ICLR 2023) on a VE-SDE, with the noise of every sto
 for all slices at once by a noise source, which is how ISCS ("Improving 2D Diffusion Models for 3D
 Medical Imaging with Inter-Slice Consistent Stochasticity", ICLR 2026) aligns the trajectories of
 neighbouring slices. The method and the task differ only in the data-consistency callable and the
-physics operator inside it.
+physics operator inside it: a :class:`Step`, which sees the noisy sample and may differentiate
+through the denoiser (``algorithms.dps``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
-from .consistency import DDNMConsistency, DDSConsistency
 from .noise import NoiseSource, make_noise
 from .renoise import EtaRenoise, make_renoise
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 Consistency = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class Step(Protocol):
+    """One level of the sampler: ``step(denoiser, x, sigma) -> (x0, x0_dc)``.
+
+    ``x`` is the noisy sample at level ``sigma`` (a python float); ``x0`` is the denoiser's own
+    estimate, from which the sampler measures the noise ``(x - x0) / sigma``, and ``x0_dc`` the
+    estimate the sampler re-noises (the one that agrees with the measurement). A step may call the
+    denoiser with gradients enabled (``torch.enable_grad``); the sampler itself runs without.
+    """
+
+    def __call__(
+        self, denoiser: Denoiser, x: torch.Tensor, sigma: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ConsistencyStep:
+    """The step of DDS and DDNM: ``x0 = denoiser(x, sigma)``, then ``x0_dc = consistency(x0, sigma)``.
+
+    Args:
+        consistency: ``consistency(x0, sigma) -> x``, e.g. :class:`~algorithms.DDSConsistency` or
+            :class:`~algorithms.DDNMConsistency`.
+    """
+
+    def __init__(self, consistency: Consistency):
+        self.consistency = consistency
+
+    def __call__(
+        self, denoiser: Denoiser, x: torch.Tensor, sigma: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The denoised estimate and its data-consistent version."""
+        x0 = denoiser(x, sigma)
+        return x0, self.consistency(x0, sigma)
 
 
 def get_sigmas(nfe: int, sigma_min: float, sigma_max: float, eps: float = 1e-5) -> torch.Tensor:
@@ -58,7 +92,7 @@ def sample(
     denoiser: Denoiser,
     x: torch.Tensor,
     sigmas: Union[torch.Tensor, list],
-    consistency: Optional[Consistency],
+    step: Optional[Step],
     renoise: EtaRenoise,
     noise: NoiseSource,
     generator: torch.Generator,
@@ -67,16 +101,18 @@ def sample(
 ) -> torch.Tensor:
     """Posterior sampling with a slice-wise 2D prior: DDS / DDNM with ISCS noise.
 
-    At each level ``sigma_i``: ``x0 = denoiser(x, sigma_i)`` (Tweedie), ``x0_dc =
-    consistency(x0, sigma_i)``, and unless it is the last level ``x = renoise(x0_dc, eps_hat,
-    sigma_i, sigma_(i+1), noise(...))`` with ``eps_hat = (x - x0) / sigma_i``. The last level
-    (sigma(eps), about sigma_min) returns its data-consistent ``x0_dc``: the final denoising step.
+    At each level ``sigma_i``: ``(x0, x0_dc) = step(denoiser, x, sigma_i)`` (for DDS and DDNM the
+    Tweedie estimate ``x0 = denoiser(x, sigma_i)`` and its data-consistent ``x0_dc``), and unless
+    it is the last level ``x = renoise(x0_dc, eps_hat, sigma_i, sigma_(i+1), noise(...))`` with
+    ``eps_hat = (x - x0) / sigma_i``. The last level (sigma(eps), about sigma_min) returns its
+    ``x0_dc``: the final denoising step. The loop runs without gradients; a step that needs them
+    (DPS) enables them itself.
 
     Args:
         denoiser: ``D(x, sigma) -> x0`` for a slice stack and a python float sigma.
         x: the start ``x_T`` at ``sigmas[0]``, a slice stack [N, 1, h, w]; not modified.
         sigmas: decreasing noise levels (see :func:`get_sigmas`); read to the host once.
-        consistency: ``consistency(x0, sigma) -> x`` (e.g. :class:`DDSConsistency`), or None for
+        step: a :class:`Step` (e.g. ``ConsistencyStep(DDSConsistency(...))``), or None for
             unconditional sampling.
         renoise: a re-noising step (see ``algorithms.renoise.RENOISE``).
         noise: a noise source (see ``algorithms.noise.NOISE_SOURCES``), drawn once per step for
@@ -97,8 +133,10 @@ def sample(
     progress = tqdm(levels, disable=disable, desc="sampling")
     for i, sigma in enumerate(progress):
         progress.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
-        x0 = denoiser(x, sigma)
-        x0_dc = x0 if consistency is None else consistency(x0, sigma)
+        if step is None:
+            x0 = x0_dc = denoiser(x, sigma)
+        else:
+            x0, x0_dc = step(denoiser, x, sigma)
         x_next = None
         if i < last:
             eps_hat = (x - x0).div_(sigma)
@@ -110,87 +148,63 @@ def sample(
     return x0_dc
 
 
-def _dds(op, y, *, num_cg: int, w_tik: float, w_dz: float) -> DDSConsistency:
-    return DDSConsistency(op, y, num_cg=num_cg, w_tik=w_tik, w_dz=w_dz)
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The noise levels and the stochasticity of one sampler run.
 
+    Args:
+        nfe: number of noise levels (denoiser evaluations).
+        sigma_min, sigma_max: the VE-SDE's noise range (the model config's values).
+        renoise: a preset of ``RENOISE`` ("DDPM", "DDS", "DiffPIR", "DDIM"), a number eta, or an
+            ``EtaRenoise``.
+        noise: a noise source instance or a name of ``NOISE_SOURCES`` (or an alias).
+    """
 
-def _ddnm(op, y, *, num_cg: int, w_tik: float, w_dz: float) -> DDNMConsistency:
-    if w_tik != 0.0 or w_dz != 0.0:
-        raise ValueError(
-            f"w_tik and w_dz apply to method 'DDS' only, got w_tik={w_tik}, w_dz={w_dz} for 'DDNM'"
-        )
-    return DDNMConsistency(op, y, n_iter=num_cg)
-
-
-METHODS = {
-    "DDS": _dds,
-    "DDNM": _ddnm,
-}
+    nfe: int
+    sigma_min: float
+    sigma_max: float
+    renoise: Union[str, float, EtaRenoise] = "DDS"
+    noise: Union[str, None, NoiseSource] = "iscs"
 
 
 def reconstruct(
-    method: str,
     denoiser: Denoiser,
-    op,
-    y: torch.Tensor,
-    *,
+    step: Optional[Step],
     shape,
-    nfe: int,
-    sigma_min: float,
-    sigma_max: float,
-    num_cg: int = 5,
-    w_tik: float = 0.0,
-    w_dz: float = 0.0,
-    renoise: Union[str, float, EtaRenoise] = "DDS",
-    noise: Union[str, None, NoiseSource] = "iscs",
-    use_init: bool = False,
-    x_init: Optional[torch.Tensor] = None,
+    config: SamplerConfig,
+    *,
     generator: torch.Generator,
+    x_init: Optional[torch.Tensor] = None,
     callback: Optional[Callable[[dict], Any]] = None,
     disable: bool = False,
 ) -> torch.Tensor:
-    """Reconstruct a slice stack from a measurement ``y`` with DDS or DDNM and a 2D prior.
+    """Reconstruct a slice stack with a 2D prior: the start ``x_T`` is drawn, then :func:`sample` runs.
 
     Args:
-        method: "DDS" (CG data consistency) or "DDNM" (null-space projection), see ``METHODS``.
         denoiser: ``D(x, sigma) -> x0`` (``models.Denoiser`` in practice).
-        op: the physics operator with ``A``, ``A_adjoint``, ``A_dagger`` on slice stacks.
-        y: the measurement.
+        step: the sampler step that holds the measurement (e.g. ``ConsistencyStep(DDSConsistency(op,
+            y, num_cg))`` for DDS, or ``algorithms.dps.DPSStep``); None samples the prior.
         shape: the slice stack's shape [N, 1, h, w].
-        nfe: number of noise levels (denoiser evaluations).
-        sigma_min, sigma_max: the VE-SDE's noise range (the model config's values).
-        num_cg: CG iterations of the DDS step; for DDNM, the iteration count passed to an
-            iterative ``A_dagger`` (one that takes ``n_iter``, e.g. CT).
-        w_tik: DDS proximal weight; rho = w_tik / sigma^2 ties x to the denoised estimate.
-        w_dz: DDS+TV weight of the TV penalty along the slice axis (0: plain DDS).
-        renoise: a preset of ``RENOISE`` ("DDPM", "DDS", "DiffPIR", "DDIM"), a number eta, or
-            an ``EtaRenoise``.
-        noise: a noise source instance or a name of ``NOISE_SOURCES`` (or an alias).
-        use_init: start from ``x_init + sigma_max * noise`` instead of ``sigma_max * noise``.
-        x_init: the starting estimate for ``use_init`` (e.g. FDK, SIRT or ``A_dagger(y)``), shaped
-            like ``shape``.
-        generator: the only source of randomness, on the device of ``y``.
+        config: the noise levels, re-noising and noise source.
+        generator: the only source of randomness.
+        x_init: a starting estimate shaped like ``shape`` (e.g. FDK, SIRT or ``A_dagger(y)``): the
+            start is ``x_init + sigma_max * noise`` instead of ``sigma_max * noise``.
         callback, disable: see :func:`sample`.
 
     Returns:
         The reconstruction [N, 1, h, w] on the generator's device.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or shape[1] != 1:
         raise ValueError(f"shape must be a slice stack [N, 1, h, w], got {shape}")
-    renoise_step = make_renoise(renoise)
-    noise_source = noise if callable(noise) else make_noise(noise)
-    _check_same_device(y, generator, "y")
-    if use_init and (x_init is None or tuple(x_init.shape) != shape):
-        got = None if x_init is None else tuple(x_init.shape)
-        raise ValueError(f"use_init=True needs x_init shaped like {shape}, got {got}")
-    consistency = METHODS[method](op, y, num_cg=num_cg, w_tik=w_tik, w_dz=w_dz)
-    sigmas = get_sigmas(nfe, sigma_min, sigma_max)
+    if x_init is not None and tuple(x_init.shape) != shape:
+        raise ValueError(f"x_init must be shaped like {shape}, got {tuple(x_init.shape)}")
+    renoise_step = make_renoise(config.renoise)
+    noise_source = config.noise if callable(config.noise) else make_noise(config.noise)
+    sigmas = get_sigmas(config.nfe, config.sigma_min, config.sigma_max)
 
     # The start is noised by the same source as every later step, so ISCS holds from x_T on.
     x = noise_source(shape, generator, dtype=torch.float32).mul_(float(sigmas[0]))
-    if use_init:
+    if x_init is not None:
         x.add_(x_init.to(device=x.device, dtype=x.dtype))
-    return sample(denoiser, x, sigmas, consistency, renoise_step, noise_source, generator, callback, disable)
+    return sample(denoiser, x, sigmas, step, renoise_step, noise_source, generator, callback, disable)

@@ -50,14 +50,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from algorithms import DDSConsistency, IscsNoise, get_sigmas, make_renoise, sample  # noqa: E402
+from algorithms import ConsistencyStep, DDSConsistency, IscsNoise, get_sigmas, make_renoise, sample  # noqa: E402
 from benchmarks.bench_network import count_flops, random_network  # noqa: E402
 from benchmarks.bench_noise import materialised_iscs  # noqa: E402
 from datasets.ct_phantom import EVAL_SEEDS, generate_phantom  # noqa: E402
-from datasets.slices import hu_to_unit  # noqa: E402
 from models import Denoiser, load_config  # noqa: E402
 from models.denoiser import COMPILE_MODES  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
+from recon.parser import default_device  # noqa: E402
+from utils.volume import hu_to_unit  # noqa: E402
 
 REFERENCE_BATCH = 15
 """Slices per network call of the reference implementation."""
@@ -141,7 +142,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (weights use seed + 1)")
     parser.add_argument("--phantom-seed", type=int, default=EVAL_SEEDS[0])
     parser.add_argument("--psnr-tolerance", type=float, default=0.1, help="dB")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ve" / "AAPM_256_ncsnpp_Chung.yaml")
     return parser.parse_args(argv)
 
@@ -224,7 +225,7 @@ def run_config(name, base_net, gt, op, y, sigmas, args, device):
         timer.wrap("network", denoiser),
         x,
         sigmas,
-        timer.wrap("data consistency", consistency),
+        ConsistencyStep(timer.wrap("data consistency", consistency)),
         make_renoise("DDS"),
         timed_noise,
         generator,

@@ -13,9 +13,9 @@ Every run reconstructs the same problem with the same seed:
   output is not trivial; the timing does not depend on the weights;
 - sampler: DDS (``--num-cg`` CG iterations), ISCS noise, DDS re-noising, ``models.Denoiser`` in
   ``--precision`` with ``--slice-batch`` slices per network call, wrapped by
-  ``utils.distributed.DistributedDenoiser`` when N > 1;
+  ``recon.distributed.DistributedDenoiser`` when N > 1;
 - data consistency (``--dc``, each mode run for every N > 1): ``views`` splits the projector's views
-  over the ranks (``utils.distributed.view_parallel``, the default of the entry scripts; exact on
+  over the ranks (``recon.distributed.view_parallel``, the default of the entry scripts; exact on
   the Triton backend only, so on CPU it falls back to ``replicated``), ``replicated`` has every
   rank apply the whole operator.
 
@@ -53,8 +53,10 @@ sys.path.insert(0, str(ROOT))
 import algorithms  # noqa: E402
 from datasets.ct_phantom import EVAL_SEEDS, generate_phantom  # noqa: E402
 from models import Denoiser, build_model, load_config  # noqa: E402
+from models.denoiser import PRECISIONS  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
-from utils import distributed  # noqa: E402
+from recon import distributed  # noqa: E402
+from recon.parser import DEVICES, default_device  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 RESULT_NAME = "bench_multigpu.json"
@@ -67,7 +69,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--nprocs", default="1,2,4", help="process counts to run (comma list; 1 first)")
     parser.add_argument(
-        "--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu"
+        "--device", choices=DEVICES, default=default_device()
     )
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ve" / "AAPM_256_ncsnpp_Chung.yaml")
     parser.add_argument("--slices", type=int, default=512, help="axial slices of the volume")
@@ -78,7 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--nfe", type=int, default=6, help="timed levels")
     parser.add_argument("--warmup", type=int, default=2, help="untimed levels run first")
     parser.add_argument("--slice-batch", type=int, default=32, help="slices per network call")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16")
     parser.add_argument("--dc", default="views,replicated", help="data-consistency modes (comma list)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900, help="seconds one torchrun launch may take")
@@ -137,7 +139,8 @@ def sample_levels(denoiser, op, y, shape, sigmas, num_cg, generator, timers, ste
         last[0] = now
 
     renoise = algorithms.make_renoise("DDS")
-    return algorithms.sample(denoiser, x, sigmas, consistency, renoise, noise, generator, tick, disable=True)
+    step = algorithms.ConsistencyStep(consistency)
+    return algorithms.sample(denoiser, x, sigmas, step, renoise, noise, generator, tick, disable=True)
 
 
 def run_worker(args) -> None:

@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from models import build_model, load_config  # noqa: E402
 from models.layers import GaussianFourierProjection, variance_scaling  # noqa: E402
 from op import FORCE_TORCH_ENV  # noqa: E402
+from recon.parser import default_device  # noqa: E402
 
 REFERENCE_BATCH = 15
 
@@ -97,7 +98,7 @@ def parse_args():
     )
     parser.add_argument("--repeats", type=int, default=10, help="timed forwards per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed forwards first (compilation included)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--image-size", type=int, default=None, help="override data.image_size (CPU runs)")
     parser.add_argument("--nf", type=int, default=None, help="override model.nf (CPU runs)")
     parser.add_argument("--profile", default=None, help="profile this variant and print its top kernels")

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algorithms.noise import ISCS_PATH_STRIDE, NOISE_SOURCES, iscs_angles  # noqa: E402
+from recon.parser import default_device  # noqa: E402
 
 
 def materialised_iscs(
@@ -81,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--slices", type=int, default=None, help="N (default 256 on CUDA, 32 on CPU)")
     parser.add_argument("--size", type=int, default=None, help="H = W (default 256 on CUDA, 64 on CPU)")
     parser.add_argument(

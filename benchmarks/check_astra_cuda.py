@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from bench_ct_operator import write_json  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry  # noqa: E402
+from recon.parser import default_device  # noqa: E402
 
 
 def _phantom(size: int) -> np.ndarray:
@@ -71,7 +72,7 @@ def main() -> None:
         if not state["astra"].use_cuda():
             raise RuntimeError("astra.use_cuda() returned False")
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     geometry = ConeBeamGeometry.for_volume((args.size,) * 3, num_views=args.views)
     volume = _phantom(args.size)
     op = ConeBeamCT(geometry)

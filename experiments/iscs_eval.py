@@ -2,8 +2,19 @@
 
 One process runs a queue of cases ``(problem, volume, method, noise, sampler seed)`` in priority
 order and appends one JSON line per finished case to the results file; a rerun skips the cases
-already there, so the experiment resumes across calls (and machines). Each prior is loaded once,
-and each problem's ground truth, operator and measurement are built once per volume.
+already there, so the experiment resumes across calls (and machines). Every case is a
+``recon.specs.RunSpec``, run in one of two ways:
+
+- the harness (default): in this process, through the entry scripts' own factories
+  (``recon.factory``), with each prior loaded once and each problem's ground truth, operator and
+  measurement built once per volume;
+- the user path (``--user-path``): as a subprocess of the entry script itself,
+  ``python recon_CBCT.py <recon.cli.to_argv(spec)>`` (``--workers N`` of them at once), reading
+  the run's ``metrics.json``.
+
+Both give the same metrics for the same case. Each generated volume is written once to a cache
+folder (``--cache``; NIfTI, or the ``.pt`` tensor file ``utils.io`` reads when SimpleITK is missing)
+in its natural units (CT in HU), and every case reads it from there as a user's file.
 
 Problems, on volumes generated here from held-out seeds (deterministic for a device):
 
@@ -21,7 +32,7 @@ The two tuned weights (DDS+TV's ``w_dz`` and ADMM-TV's TV weight, per problem) c
 ``--tune``, which picks each from a fixed grid by volume PSNR on one validation volume of the
 TRAINING seed range (``TRAIN_SEEDS[-1]``, past every seed the priors were trained on), never on an
 evaluation volume, and writes the tuning file; until it exists, the evaluation runs every other
-case and leaves the cases of those two methods for later.
+case and leaves the cases of those two methods for later. Tuning runs in the harness.
 
 Device usage (each call resumes where the one before stopped)::
 
@@ -37,19 +48,23 @@ files.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as _dt
 import fnmatch
+import importlib.util
 import json
 import math
 import os
+import queue as _queue
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -58,14 +73,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import algorithms  # noqa: E402
+from algorithms.noise import NOISE_KNOBS, NOISE_SOURCES, sources_taking  # noqa: E402
 from datasets import ct_phantom, mri  # noqa: E402
+from models.denoiser import PRECISIONS  # noqa: E402
+from recon import factory  # noqa: E402
+from recon.cli import to_argv  # noqa: E402
+from recon.factory import Measured  # noqa: E402
+from recon.parser import default_device, non_negative_float, positive_int  # noqa: E402
+from recon.problems import PROBLEMS as PROBLEM_CLASSES  # noqa: E402
+from recon.problems import PROFILES  # noqa: E402
+from recon.results import environment, volume_name  # noqa: E402
+from recon.specs import MethodSpec, NoiseSpec, OutputSpec, PriorSpec, RunSpec  # noqa: E402
+from utils.io import read_volume, write_volume  # noqa: E402
 from utils.metrics import volume_metrics  # noqa: E402
-from utils.results import environment  # noqa: E402
-from utils.tasks import TASKS, Task  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 DEFAULT_RESULTS = RESULTS / "iscs_eval.jsonl"
 DEFAULT_TUNING = RESULTS / "iscs_tuning.json"
+DEFAULT_CACHE = ROOT / "data" / "cache" / "iscs_eval"
 CHECKPOINTS = {
     "ct": ROOT / "checkpoints" / "ct_phantom_128.pt",
     "mri": ROOT / "checkpoints" / "mri_zsr_128.pt",
@@ -79,7 +104,6 @@ TV_WEIGHT_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 # ADMM-TV keeps algorithms.admm_tv's default ratio of penalty to weight (rho = 1e-2 for lam = 1e-3).
 ADMM_RHO_PER_WEIGHT = 10.0
 KNOB_NOISES = ("iid", "ar1-1", "ar1-4", "ar1-16", "ar1-64", "ar1-256", "iscs", "shared")
-NOISE_PARAMETER = {"iscs": "span", "ar1": "corr_length"}
 NOISE_LABELS = {"none": "", "iid": "", "iscs": "+ISCS", "shared": "+shared"}
 # Settings that the tuned weights depend on; the tuning file must match them.
 TUNING_KEYS = ("size", "depth", "nfe", "num_cg", "w_tik", "renoise", "admm_iter", "checkpoints")
@@ -90,23 +114,27 @@ class Problem:
     """One reconstruction problem.
 
     Args:
-        task: key of ``utils.tasks.TASKS`` ("SVCT", "LACT", "ZSR").
-        degree: views (SVCT), arc in degrees (LACT) or averaging factor (ZSR).
+        task: a task of ``recon.problems.PROBLEMS`` ("SVCT", "LACT", "ZSR").
+        parameter: the task's named parameter: views (SVCT), arc in degrees (LACT) or averaging
+            factor (ZSR).
         source: where its volumes come from, a key of ``SOURCES``.
         prior: the prior that reconstructs it, a key of ``CHECKPOINTS``.
-        classical: its closed-form baseline, a key of ``METHODS``.
+        classical: its closed-form baseline, a method its problem class names.
+        options: further fields of its problem class.
     """
 
     task: str
-    degree: int
+    parameter: int
     source: str
     prior: str
     classical: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
+# The CT baselines are torch's on every device, so that FDK is the same computation everywhere.
 PROBLEMS: Dict[str, Problem] = {
-    "SVCT-30": Problem("SVCT", 30, "phantom", "ct", "FDK"),
-    "LACT-100": Problem("LACT", 100, "phantom", "ct", "FDK"),
+    "SVCT-30": Problem("SVCT", 30, "phantom", "ct", "FDK", {"baseline_backend": "torch"}),
+    "LACT-100": Problem("LACT", 100, "phantom", "ct", "FDK", {"baseline_backend": "torch"}),
     "ZSR-4": Problem("ZSR", 4, "mri", "mri", "A_dagger"),
 }
 
@@ -140,19 +168,29 @@ def label(method: str, noise: str) -> str:
     return f"{method}+{name.upper()}({value})"
 
 
-def make_noise_source(spec: str):
-    """A noise source from a spec: a name of ``algorithms.NOISE_SOURCES``, or ``name-value`` for
-    the source's parameter (``iscs-<span>``, ``ar1-<corr_length>``)."""
-    name, _, value = spec.partition("-")
+def _knobs_of(source: str) -> List[str]:
+    return [knob for knob in NOISE_KNOBS if source in sources_taking(knob)]
+
+
+def noise_spec(noise: str) -> NoiseSpec:
+    """The noise source of a case's noise label: a name of ``algorithms.NOISE_SOURCES``, or
+    ``name-value`` for the one knob of a source that has one (``iscs-<span>``, ``ar1-<corr_length>``)."""
+    name, _, value = noise.partition("-")
     if not value:
-        return algorithms.make_noise(name)
-    if name not in NOISE_PARAMETER:
-        raise ValueError(f"noise spec {spec!r}: only {', '.join(NOISE_PARAMETER)} take a value after '-'")
+        return NoiseSpec(name)
+    tunable = [source for source in NOISE_SOURCES if len(_knobs_of(source)) == 1]
+    if name not in tunable:
+        raise ValueError(f"noise spec {noise!r}: only {', '.join(tunable)} take a value after '-'")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"noise spec {spec!r}: the value after '-' must be a number") from None
-    return algorithms.make_noise(name, **{NOISE_PARAMETER[name]: number})
+        raise ValueError(f"noise spec {noise!r}: the value after '-' must be a number") from None
+    return NoiseSpec(name, {_knobs_of(name)[0]: number})
+
+
+def make_noise_source(noise: str):
+    """The noise source of a case's noise label (see :func:`noise_spec`)."""
+    return factory.make_noise_source(noise_spec(noise))
 
 
 # ---------------------------------------------------------------- volumes
@@ -171,70 +209,9 @@ def _brain_volume(evaluation: "Evaluation", seed: int):
 
 SOURCES: Dict[str, Callable] = {"phantom": _phantom_volume, "mri": _brain_volume}
 EVAL_SEEDS = {"phantom": ct_phantom.EVAL_SEEDS, "mri": mri.EVAL_SEEDS}
-
-
-@dataclass
-class Context:
-    """A problem on one volume: its task, ground-truth slice stack, operator and clean measurement."""
-
-    task: Task
-    gt: torch.Tensor
-    op: object
-    y: torch.Tensor
-
-
-# ---------------------------------------------------------------- methods
-
-
-def _fdk(evaluation: "Evaluation", case: Case, context: Context, weight) -> torch.Tensor:
-    return context.op.fdk(context.y)
-
-
-def _pseudo_inverse(evaluation: "Evaluation", case: Case, context: Context, weight) -> torch.Tensor:
-    return context.op.A_dagger(context.y)
-
-
-def _admm_tv(evaluation: "Evaluation", case: Case, context: Context, weight) -> torch.Tensor:
-    n_iter = evaluation.settings["admm_iter"]
-    return algorithms.admm_tv(
-        context.op, context.y, lam=weight, rho=ADMM_RHO_PER_WEIGHT * weight, n_iter=n_iter
-    )
-
-
-def _sampler(method: str) -> Callable:
-    def run(evaluation: "Evaluation", case: Case, context: Context, weight) -> torch.Tensor:
-        denoiser = evaluation.prior(PROBLEMS[case.problem].prior)
-        model, settings = denoiser.net.config.model, evaluation.settings
-        return algorithms.reconstruct(
-            method,
-            denoiser,
-            context.op,
-            context.y,
-            shape=tuple(context.gt.shape),
-            nfe=settings["nfe"],
-            sigma_min=float(model.sigma_min),
-            sigma_max=float(model.sigma_max),
-            num_cg=settings["num_cg"],
-            w_tik=settings["w_tik"],
-            w_dz=0.0 if weight is None else weight,
-            renoise=settings["renoise"],
-            noise=make_noise_source(case.noise),
-            generator=torch.Generator(evaluation.device).manual_seed(case.seed),
-            disable=True,
-        )
-
-    return run
-
-
-METHODS: Dict[str, Callable] = {
-    "FDK": _fdk,
-    "A_dagger": _pseudo_inverse,
-    "ADMM-TV": _admm_tv,
-    "DDS": _sampler("DDS"),
-    "DDS+TV": _sampler("DDS"),
-    "DDNM": _sampler("DDNM"),
-}
+# Methods of the queue that run the sampler, and the spec's method of those named otherwise.
 SAMPLER_METHODS = ("DDS", "DDS+TV", "DDNM")
+SPEC_METHODS = {"DDS+TV": "DDS"}
 # Methods with a tuned weight -> (name of the weight in the tuning file, its grid).
 TUNED = {"DDS+TV": ("w_dz", W_DZ_GRID), "ADMM-TV": ("tv_weight", TV_WEIGHT_GRID)}
 
@@ -288,14 +265,36 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _volume_file(folder: Path, name: str) -> Path:
+    """The volume ``name`` of a results folder (NIfTI, or the tensor file written without SimpleITK)."""
+    (path,) = (path for path in folder.iterdir() if volume_name(path) == name)
+    return path
+
+
+def _slice_gap(recon: torch.Tensor, gt: torch.Tensor) -> Optional[float]:
+    """The inter-slice gap along the prior's slice axis: mean |D (recon - GT)| over the slice stacks."""
+    gap = float((recon - gt).diff(dim=0).abs().mean())
+    return gap if math.isfinite(gap) else None
+
+
+@dataclass
+class Outcome:
+    """A finished case: its reconstruction and ground truth (volumes [D, H, W]) and its record."""
+
+    recon: torch.Tensor
+    gt: torch.Tensor
+    record: dict
+
+
 class Evaluation:
     """Runs cases with the priors, volumes and operators built once and kept.
 
     Args:
-        settings: the run settings (see :func:`settings_from_args`).
+        settings: the run settings (see :func:`settings_of`).
         device: where everything runs.
         checkpoints: prior name -> checkpoint file.
         template: the MNI152 template file for the brain volumes.
+        cache: the folder of the generated volumes' files.
         tuning: the tuned weights (``{"w_dz": {problem: w}, "tv_weight": {problem: w}}``); None or
             empty when there are none yet.
     """
@@ -306,25 +305,35 @@ class Evaluation:
         device: torch.device,
         checkpoints: Dict[str, Path],
         template: Path,
+        cache: Path = DEFAULT_CACHE,
         tuning: Optional[dict] = None,
     ):
         self.settings = settings
         self.device = device
         self.checkpoints = checkpoints
         self.template = template
+        self.cache = cache
         self.tuning = tuning or {}
-        self._priors: Dict[str, object] = {}
-        self._contexts: Dict[Tuple[str, int], Context] = {}
+        self._nets: Dict[str, torch.nn.Module] = {}
+        self._denoisers: Dict[str, object] = {}
+        self._measured: Dict[Tuple[str, int], Measured] = {}
         self._augmenter = None
 
-    def prior(self, name: str):
-        """The denoiser of prior ``name`` (loaded on first use)."""
-        if name not in self._priors:
-            from models import Denoiser, load_score_model
+    def prior_spec(self, name: str) -> PriorSpec:
+        """The spec of prior ``name``: its checkpoint at the settings' precision (config embedded)."""
+        return PriorSpec(checkpoint=self.checkpoints[name], precision=self.settings["precision"])
 
-            net = load_score_model(None, self.checkpoints[name], device=self.device)
-            self._priors[name] = Denoiser(net, precision=self.settings["precision"])
-        return self._priors[name]
+    def net(self, name: str) -> torch.nn.Module:
+        """The score network of prior ``name`` (loaded on first use)."""
+        if name not in self._nets:
+            self._nets[name] = factory.load_prior(self.prior_spec(name), self.device)
+        return self._nets[name]
+
+    def denoiser(self, name: str):
+        """The denoiser of prior ``name`` (built on first use)."""
+        if name not in self._denoisers:
+            self._denoisers[name] = factory.make_denoiser(self.prior_spec(name), self.net(name))
+        return self._denoisers[name]
 
     def brain_augmenter(self) -> mri.MRIAugmenter:
         """The brain volume generator on the template, for cubes of the settings' size."""
@@ -335,28 +344,83 @@ class Evaluation:
             self._augmenter = mri.MRIAugmenter(template, meta, (size, size, size), spacing)
         return self._augmenter
 
-    def context(self, problem_name: str, volume: int) -> Context:
-        """Ground truth, operator and measurement of ``problem_name`` on volume ``volume`` (built once)."""
-        key = (problem_name, volume)
-        if key not in self._contexts:
-            problem = PROBLEMS[problem_name]
-            task = TASKS[problem.task]
-            array, meta = SOURCES[problem.source](self, volume)
-            # The same option names the entry scripts resolve, so the tasks prepare and measure alike.
-            options = SimpleNamespace(
-                data=f"{problem.source}-{volume}",
-                slice_begin=0,
-                slice_end=0,
-                recon_size=int(self.prior(problem.prior).net.config.data.image_size),
-                task=problem.task,
-                degree=problem.degree,
-                sino_noise=0.0,
+    def volume_file(self, source: str, seed: int) -> Path:
+        """The file of volume ``seed`` of ``source``, generated and written on first use.
+
+        The name holds what the volume depends on: the grid, the device type it is generated on
+        (generation is deterministic per device) and, for brains, the template.
+        """
+        size, depth = self.settings["size"], self.settings["depth"]
+        grid = f"{depth}x{size}x{size}" if source == "phantom" else f"{size}x{size}x{size}"
+        template = f"_{Path(self.template).stem}" if source == "mri" else ""
+        suffix = ".nii.gz" if importlib.util.find_spec("SimpleITK") is not None else ".pt"
+        path = self.cache / f"{source}-{seed}_{grid}_{self.device.type}{template}{suffix}"
+        if not path.is_file():
+            array, meta = SOURCES[source](self, seed)
+            # Written under another name and moved, so that a reader never sees half a file.
+            partial = path.with_name(f"partial-{os.getpid()}-{path.name}")
+            write_volume(partial, array, meta)
+            os.replace(partial, path)
+        return path
+
+    def spec(self, case: Case, weight: Optional[float] = None) -> RunSpec:
+        """The run specification of ``case`` with the method's tuned ``weight`` (None: the tuning's)."""
+        weight = self.weight(case.method, case.problem) if weight is None else weight
+        problem = PROBLEMS[case.problem]
+        problem_class = PROBLEM_CLASSES[problem.task]
+        problem_spec = problem_class(
+            task=problem.task,
+            data=self.volume_file(problem.source, case.volume),
+            recon_size=int(self.net(problem.prior).config.data.image_size),
+            **{problem_class.PARAMETERS[problem.task]: problem.parameter},
+            **problem.options,
+        )
+        return RunSpec(
+            problem=problem_spec,
+            prior=self.prior_spec(problem.prior),
+            method=self.method_spec(case.method, weight),
+            noise=NoiseSpec() if case.noise == "none" else noise_spec(case.noise),
+            device=self.device.type,
+            gpu=self.device.index or 0,
+            seed=case.seed,
+        )
+
+    def method_spec(self, method: str, weight: Optional[float]) -> MethodSpec:
+        """The method of the queue's ``method`` with its tuned ``weight``, in the settings."""
+        settings = self.settings
+        if method == "ADMM-TV":
+            cg_iters = MethodSpec.admm_cg_iters
+            return MethodSpec(
+                name=method,
+                tv_weight=weight,
+                admm_rho=ADMM_RHO_PER_WEIGHT * weight,
+                admm_iter=settings["admm_iter"],
+                dc_cg_iters=cg_iters,
+                admm_cg_iters=cg_iters,
             )
-            gt, _ = task.prepare(array, meta, options, self.device)
-            op = task.operator(gt, options)
-            y = task.measure(op, gt, options, torch.Generator(self.device).manual_seed(0))
-            self._contexts[key] = Context(task, gt, op, y)
-        return self._contexts[key]
+        if method in SAMPLER_METHODS:
+            return MethodSpec(
+                name=SPEC_METHODS.get(method, method),
+                nfe=settings["nfe"],
+                dc_cg_iters=settings["num_cg"],
+                admm_cg_iters=settings["num_cg"],
+                w_tik=settings["w_tik"],
+                w_dz=0.0 if weight is None else weight,
+                renoise=settings["renoise"],
+            )
+        return MethodSpec(name=method)
+
+    def measured(self, spec: RunSpec) -> Measured:
+        """Ground truth, operator and measurement of ``spec``'s problem (built once per volume)."""
+        key = (spec.problem.task, spec.problem.data)
+        if key not in self._measured:
+            problem = spec.problem
+            array, meta = read_volume(problem.data)
+            gt, _ = problem.prepare(array, meta, self.device)
+            op = problem.operator(gt)
+            y = problem.measure(op, gt, torch.Generator(self.device).manual_seed(0))
+            self._measured[key] = Measured(problem, gt, op, y)
+        return self._measured[key]
 
     def has_weight(self, method: str, problem: str) -> bool:
         """Whether ``method`` on ``problem`` can run: it has no tuned weight, or the tuning gives it."""
@@ -371,40 +435,86 @@ class Evaluation:
             raise ValueError(f"the tuning file has no {name} for {problem}; run --tune --problems {problem}")
         return float(self.tuning[TUNED[method][0]][problem])
 
-    def run(self, case: Case, weight: Optional[float] = None) -> Tuple[torch.Tensor, dict]:
-        """Reconstruct ``case`` and measure it against its ground truth.
+    def _record(
+        self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str
+    ) -> dict:
+        return {
+            "key": case.key,
+            **asdict(case),
+            "label": label(case.method, case.noise),
+            "weight": weight,
+            "slice_axis": PROBLEM_CLASSES[PROBLEMS[case.problem].task].slice_axis,
+            "metrics": metrics,
+            "seconds": seconds,
+            "runner": runner,
+        }
+
+    def run(self, case: Case, weight: Optional[float] = None) -> Outcome:
+        """Reconstruct ``case`` in this process (the harness) and measure it against its ground truth.
 
         Args:
             case: the case.
             weight: the method's tuned weight; None takes the tuning's.
 
         Returns:
-            ``(recon volume [D, H, W], record)``: the record holds the case, its label, the weight
-            used, every metric of ``utils.metrics.volume_metrics`` plus ``abs_delta_slices`` (the
-            inter-slice gap along the prior's slice axis), and ``seconds`` of the reconstruction.
+            The outcome, whose record holds the case, its label, the weight used, every metric of
+            ``utils.metrics.volume_metrics`` plus ``abs_delta_slices`` (the inter-slice gap along
+            the prior's slice axis), ``seconds`` of the reconstruction (for a baseline method: of
+            the problem's baselines, computed once per volume) and ``runner`` ("harness").
         """
-        context = self.context(case.problem, case.volume)
         weight = self.weight(case.method, case.problem) if weight is None else weight
+        prior = PROBLEMS[case.problem].prior
+        spec = factory.resolve(self.spec(case, weight), self.net(prior).config)
+        measured = self.measured(spec)
+        sampling = spec.method.name in factory.PRIOR_METHODS
         _synchronize(self.device)
         start = time.perf_counter()
-        recon = METHODS[case.method](self, case, context, weight)
+        recon = factory.reconstruct(
+            spec,
+            measured,
+            generator=torch.Generator(self.device).manual_seed(case.seed),
+            denoiser=self.denoiser(prior) if sampling else None,
+            sampler=factory.sampler_config(spec) if sampling else None,
+        )
         _synchronize(self.device)
         seconds = time.perf_counter() - start
-        volume, gt = context.task.to_volume(recon), context.task.to_volume(context.gt)
-        metrics = volume_metrics(volume, gt)
-        axis = context.task.slice_axis
-        gap = float((recon - context.gt).diff(dim=0).abs().mean())
-        metrics["abs_delta_slices"] = gap if math.isfinite(gap) else None
-        record = {
-            "key": case.key,
-            **asdict(case),
-            "label": label(case.method, case.noise),
-            "weight": weight,
-            "slice_axis": axis,
-            "metrics": metrics,
-            "seconds": seconds,
-        }
-        return volume, record
+        problem = spec.problem
+        metrics = volume_metrics(problem.to_volume(recon), problem.to_volume(measured.gt))
+        metrics["abs_delta_slices"] = _slice_gap(recon, measured.gt)
+        record = self._record(case, weight, metrics, seconds, "harness")
+        return Outcome(problem.to_volume(recon), problem.to_volume(measured.gt), record)
+
+    def run_script(self, case: Case, gpu: Optional[int] = None) -> Outcome:
+        """Reconstruct ``case`` with its entry script in a subprocess (the user path).
+
+        The script runs ``recon.cli.to_argv`` of the case's spec (on GPU ``gpu`` when given) into a
+        temporary results folder, with this process's CPU thread count (so that CPU reductions
+        round alike); the record is :meth:`run`'s, with the metrics of the run's ``metrics.json``,
+        ``abs_delta_slices`` from its ``recon`` and ``GT`` volumes, the script's wall ``seconds``
+        and ``runner`` "entry script".
+        """
+        weight = self.weight(case.method, case.problem)
+        spec = self.spec(case, weight)
+        spec = spec if gpu is None else replace(spec, gpu=gpu)
+        script = ROOT / PROFILES[spec.problem.task].prog
+        with tempfile.TemporaryDirectory(prefix="iscs_eval_") as folder:
+            spec = replace(spec, output=OutputSpec(results_dir=Path(folder)))
+            command = [sys.executable, str(script), *to_argv(spec)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeError(f"{case.key}: {script.name} exited with {done.returncode}: {reason}")
+            (run,) = (path.parent for path in Path(folder).rglob("metrics.json"))
+            metrics = json.loads((run / "metrics.json").read_text())["metrics"]["recon"]
+            recon, gt = (
+                torch.from_numpy(read_volume(_volume_file(run, name))[0]) for name in ("recon", "GT")
+            )
+        problem = spec.problem
+        metrics["abs_delta_slices"] = _slice_gap(problem.to_stack(recon), problem.to_stack(gt))
+        return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script"))
 
 
 # ---------------------------------------------------------------- files
@@ -482,7 +592,7 @@ def tune(evaluation: Evaluation, problems: Sequence[str]) -> dict:
         for method, (name, grid) in TUNED.items():
             noise = "iid" if method in SAMPLER_METHODS else "none"
             case = Case(problem, VALIDATION_SEED, method, noise, 0)
-            psnr = {str(w): evaluation.run(case, weight=w)[1]["metrics"]["psnr"] for w in grid}
+            psnr = {str(w): evaluation.run(case, weight=w).record["metrics"]["psnr"] for w in grid}
             best = max(grid, key=lambda w: psnr[str(w)] if psnr[str(w)] is not None else float("-inf"))
             chosen[name][problem] = best
             scores.setdefault(problem, {})[method] = psnr
@@ -520,9 +630,43 @@ def load_tuning(path: Path, settings: dict) -> dict:
 # ---------------------------------------------------------------- main
 
 
-def settings_from_args(args: argparse.Namespace) -> dict:
-    """The settings every record of one results file shares (a rerun must use the same ones)."""
-    return {
+@dataclass(frozen=True)
+class Options:
+    """The experiment's command line (see :func:`build_parser`), parsed once by :func:`options_from_args`.
+
+    ``settings`` are shared by every record of one results file (a rerun must use the same ones);
+    the other fields name the files, the queue, the budget and how cases run.
+    """
+
+    settings: dict
+    device: torch.device
+    checkpoints: Dict[str, Path]
+    template: Path
+    cache: Path
+    problems: Tuple[str, ...]
+    phantoms: int
+    brains: int
+    seeds: int
+    results: Path
+    tuning: Path
+    tune: bool
+    only: Optional[Tuple[str, ...]]
+    list_queue: bool
+    max_minutes: Optional[float]
+    max_cases: Optional[int]
+    save_volumes: Optional[Path]
+    git_commit: Optional[str]
+    user_path: bool
+    workers: int
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The options of a parsed command line; running cases at once needs the user path."""
+    if args.workers > 1 and not args.user_path:
+        raise ValueError(
+            f"--workers {args.workers}: cases run at once as subprocesses only; accepted with --user-path"
+        )
+    settings = {
         "size": args.size,
         "depth": args.depth or args.size,
         "nfe": args.nfe,
@@ -534,6 +678,29 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         # File names, not paths, so that a run resumes on a machine with another checkout path.
         "checkpoints": {"ct": args.ct_checkpoint.name, "mri": args.mri_checkpoint.name},
     }
+    return Options(
+        settings=settings,
+        device=torch.device(args.device),
+        # Absolute, because the entry scripts run from the repository root.
+        checkpoints={"ct": args.ct_checkpoint.resolve(), "mri": args.mri_checkpoint.resolve()},
+        template=args.mri_template,
+        cache=args.cache.resolve(),
+        problems=tuple(args.problems),
+        phantoms=args.phantoms,
+        brains=args.brains,
+        seeds=args.seeds,
+        results=args.results,
+        tuning=args.tuning,
+        tune=args.tune,
+        only=None if args.only is None else tuple(args.only),
+        list_queue=args.list,
+        max_minutes=args.max_minutes,
+        max_cases=args.max_cases,
+        save_volumes=args.save_volumes,
+        git_commit=args.git_commit,
+        user_path=args.user_path,
+        workers=args.workers,
+    )
 
 
 def _check_records(records: List[dict], evaluation: Evaluation, path: Path) -> None:
@@ -552,39 +719,24 @@ def _check_records(records: List[dict], evaluation: Evaluation, path: Path) -> N
             )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not accepted; a positive integer is")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not accepted; a number >= 0 is")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line (every default shown in ``--help``)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", default=default_device, help="cuda, cuda:<n> or cpu")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="network precision")
-    parser.add_argument("--size", type=_positive_int, default=128, help="volume side in voxels (cubes)")
-    parser.add_argument("--depth", type=_positive_int, default=None, help="CT slices (default: --size)")
-    parser.add_argument("--nfe", type=_positive_int, default=50, help="sampler noise levels")
+    parser.add_argument("--device", default=default_device(), help="cuda, cuda:<n> or cpu")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision")
+    parser.add_argument("--size", type=positive_int, default=128, help="volume side in voxels (cubes)")
+    parser.add_argument("--depth", type=positive_int, default=None, help="CT slices (default: --size)")
+    parser.add_argument("--nfe", type=positive_int, default=50, help="sampler noise levels")
     parser.add_argument(
-        "--num-cg", type=_positive_int, default=5, help="CG iterations of DDS / DDNM's A_dagger"
+        "--num-cg", type=positive_int, default=5, help="CG iterations of DDS / DDNM's A_dagger"
     )
-    parser.add_argument("--w-tik", type=_non_negative_float, default=0.0, help="DDS proximal weight")
+    parser.add_argument("--w-tik", type=non_negative_float, default=0.0, help="DDS proximal weight")
     parser.add_argument(
         "--renoise", choices=tuple(algorithms.RENOISE), default="DDS", help="re-noising preset"
     )
-    parser.add_argument("--admm-iter", type=_positive_int, default=50, help="ADMM-TV iterations")
+    parser.add_argument("--admm-iter", type=positive_int, default=50, help="ADMM-TV iterations")
     parser.add_argument(
         "--problems",
         nargs="+",
@@ -592,12 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=tuple(PROBLEMS),
         help="problems to run or tune",
     )
-    parser.add_argument("--phantoms", type=_positive_int, default=3, help="evaluation phantoms (CT)")
-    parser.add_argument("--brains", type=_positive_int, default=2, help="evaluation brains (ZSR)")
-    parser.add_argument("--seeds", type=_positive_int, default=3, help="sampler seeds of every iid/ISCS pair")
+    parser.add_argument("--phantoms", type=positive_int, default=3, help="evaluation phantoms (CT)")
+    parser.add_argument("--brains", type=positive_int, default=2, help="evaluation brains (ZSR)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="sampler seeds of every iid/ISCS pair")
     parser.add_argument("--ct-checkpoint", type=Path, default=CHECKPOINTS["ct"])
     parser.add_argument("--mri-checkpoint", type=Path, default=CHECKPOINTS["mri"])
     parser.add_argument("--mri-template", type=Path, default=DEFAULT_TEMPLATE, help="MNI152 template file")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder of the generated volumes")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSONL results file")
     parser.add_argument("--tuning", type=Path, default=DEFAULT_TUNING, help="tuning file (JSON)")
     parser.add_argument(
@@ -608,8 +761,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="print the queue (keys, done or not) and stop")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop between cases before this")
+    parser.add_argument("--max-cases", type=positive_int, default=None, help="stop after this many new cases")
     parser.add_argument(
-        "--max-cases", type=_positive_int, default=None, help="stop after this many new cases"
+        "--user-path",
+        action="store_true",
+        help="run every case as a subprocess of its entry script (recon_CBCT.py, recon_MRI_ZSR.py)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="with --user-path: subprocesses at once (on CUDA spread over the visible GPUs)",
     )
     parser.add_argument(
         "--save-volumes",
@@ -659,63 +821,113 @@ def _summary(record: dict) -> str:
     return f"PSNR a/c/s {psnr}  |dz| {_number(m['abs_delta'], 4)}"
 
 
-def evaluate(evaluation: Evaluation, args: argparse.Namespace, queue: List[Case], env: dict) -> int:
-    """Run the queue's cases that the results file lacks, within the budget; returns how many ran."""
-    records = read_records(args.results)
-    _check_records(records, evaluation, args.results)
+def _gpus(device: torch.device, workers: int) -> List[Optional[int]]:
+    """The GPU of each of ``workers`` subprocesses: the visible GPUs in turn from ``device``'s (CPU: None)."""
+    if device.type != "cuda":
+        return [None] * workers
+    count = torch.cuda.device_count()
+    return [((device.index or 0) + worker) % count for worker in range(workers)]
+
+
+def _run_now(run: Callable[[Case], Outcome], case: Case) -> concurrent.futures.Future:
+    """``run(case)`` in this thread, as a finished future (the harness runs one case at a time)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(run(case))
+    except Exception as err:  # noqa: BLE001 -- the caller raises it from future.result()
+        future.set_exception(err)
+    return future
+
+
+def evaluate(evaluation: Evaluation, options: Options, queue: List[Case], env: dict) -> int:
+    """Run the queue's cases that the results file lacks, within the budget; returns how many ran.
+
+    The harness runs one case at a time in this process; the user path runs ``options.workers``
+    entry-script subprocesses at once and records each case as it finishes.
+    """
+    records = read_records(options.results)
+    _check_records(records, evaluation, options.results)
     done = {record["key"] for record in records}
     pending = [case for case in queue if case.key not in done]
-    print(f"{len(queue)} cases, {len(queue) - len(pending)} already in {args.results}, {len(pending)} to run")
+    print(
+        f"{len(queue)} cases, {len(queue) - len(pending)} already in {options.results}, {len(pending)} to run"
+    )
     runnable = [case for case in pending if evaluation.has_weight(case.method, case.problem)]
     if len(runnable) < len(pending):
-        print(
-            f"{len(pending) - len(runnable)} of them need tuned weights that {args.tuning} lacks: run --tune"
-        )
+        lacking = len(pending) - len(runnable)
+        print(f"{lacking} of them need tuned weights that {options.tuning} lacks: run --tune")
         pending = runnable
-    figures = set(figure_cases(_eval_seeds("phantom", args.phantoms), range(args.seeds)))
-    budget = Budget(args.max_minutes)
-    ran, estimated = 0, False
-    for index, case in enumerate(pending):
-        if args.max_cases is not None and ran >= args.max_cases:
-            print(f"stopping after {ran} cases (--max-cases)")
-            break
-        if not budget.fits(case):
-            print(
-                f"stopping: {budget.elapsed() / 60:.1f} min used, the next case needs about "
-                f"{budget.expected(case):.0f} s of the {args.max_minutes} min budget; "
-                f"{len(pending) - index} cases left, rerun to continue"
-            )
-            break
-        start = time.perf_counter()
-        volume, record = evaluation.run(case)
-        record.update(settings=evaluation.settings, device=env["device_name"], torch=torch.__version__)
-        record.update(git_commit=env["git_commit"], finished=_dt.datetime.now().isoformat(timespec="seconds"))
-        append_record(args.results, record)
-        if case in figures and args.save_volumes is not None:
-            context = evaluation.context(case.problem, case.volume)
-            save_volume(args.save_volumes, volume_file_name(case.key), volume, case.key)
-            # SVCT and LACT share each phantom's ground truth, which is saved once per volume.
-            gt_key = case.key.split("/")[1] + "/GT"
-            save_volume(
-                args.save_volumes, volume_file_name(gt_key), context.task.to_volume(context.gt), gt_key
-            )
-        wall = time.perf_counter() - start
-        budget.add(case, wall)
-        ran += 1
-        left = budget.remaining_minutes(pending[index + 1 :])
-        print(
-            f"[{index + 1}/{len(pending)}] {case.key}: {record['seconds']:.1f} s (wall {wall:.1f} s)  "
-            f"{_summary(record)}  left ~{left:.1f} min",
-            flush=True,
-        )
-        if not estimated and case.method in SAMPLER_METHODS:
-            estimated = True
-            samplers = sum(c.method in SAMPLER_METHODS for c in pending[index:])
-            print(
-                f"estimate: this first sampler case took {wall:.1f} s including one-time warm-up; "
-                f"{samplers} sampler cases at that pace take {samplers * wall / 60:.1f} min (an upper bound)",
-                flush=True,
-            )
+    figures = set(figure_cases(_eval_seeds("phantom", options.phantoms), range(options.seeds)))
+    gpus: _queue.Queue = _queue.Queue()
+    for gpu in _gpus(evaluation.device, options.workers):
+        gpus.put(gpu)
+
+    def run_script(case: Case) -> Outcome:
+        gpu = gpus.get()
+        try:
+            return evaluation.run_script(case, gpu)
+        finally:
+            gpus.put(gpu)
+
+    budget = Budget(options.max_minutes)
+    ran, estimated, submitted, stopped = 0, False, 0, False
+    running: Dict[concurrent.futures.Future, Tuple[int, Case, float]] = {}
+    with concurrent.futures.ThreadPoolExecutor(options.workers) as pool:
+        while True:
+            while not stopped and submitted < len(pending) and len(running) < options.workers:
+                case = pending[submitted]
+                if options.max_cases is not None and submitted >= options.max_cases:
+                    print(f"stopping after {submitted} cases (--max-cases)")
+                    stopped = True
+                    break
+                if not budget.fits(case):
+                    print(
+                        f"stopping: {budget.elapsed() / 60:.1f} min used, the next case needs about "
+                        f"{budget.expected(case):.0f} s of the {options.max_minutes} min budget; "
+                        f"{len(pending) - submitted} cases left, rerun to continue"
+                    )
+                    stopped = True
+                    break
+                start = time.perf_counter()
+                future = (
+                    pool.submit(run_script, case) if options.user_path else _run_now(evaluation.run, case)
+                )
+                running[future] = (submitted, case, start)
+                submitted += 1
+            if not running:
+                break
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                index, case, start = running.pop(future)
+                outcome = future.result()
+                record = outcome.record
+                record.update(
+                    settings=evaluation.settings, device=env["device_name"], torch=torch.__version__
+                )
+                record.update(
+                    git_commit=env["git_commit"], finished=_dt.datetime.now().isoformat(timespec="seconds")
+                )
+                append_record(options.results, record)
+                if case in figures and options.save_volumes is not None:
+                    save_volume(options.save_volumes, volume_file_name(case.key), outcome.recon, case.key)
+                    # SVCT and LACT share each phantom's ground truth, which is saved once per volume.
+                    gt_key = case.key.split("/")[1] + "/GT"
+                    save_volume(options.save_volumes, volume_file_name(gt_key), outcome.gt, gt_key)
+                wall = time.perf_counter() - start
+                budget.add(case, wall)
+                ran += 1
+                left = budget.remaining_minutes(pending[submitted:]) / options.workers
+                timing = f"{record['seconds']:.1f} s (wall {wall:.1f} s)  {_summary(record)}"
+                print(f"[{index + 1}/{len(pending)}] {case.key}: {timing}  left ~{left:.1f} min", flush=True)
+                if not estimated and case.method in SAMPLER_METHODS:
+                    estimated = True
+                    samplers = sum(c.method in SAMPLER_METHODS for c in pending[index:])
+                    print(
+                        f"estimate: this first sampler case took {wall:.1f} s including one-time warm-up; "
+                        f"{samplers} sampler cases at that pace take {samplers * wall / 60:.1f} min "
+                        "(an upper bound)",
+                        flush=True,
+                    )
     return ran
 
 
@@ -725,56 +937,59 @@ def _eval_seeds(source: str, count: int) -> List[int]:
     return list(seeds[1 : 1 + count])
 
 
-def _run_tuning(args: argparse.Namespace, settings: dict, checkpoints: Dict[str, Path], env: dict) -> None:
+def _evaluation(options: Options, tuning: Optional[dict] = None) -> Evaluation:
+    return Evaluation(
+        options.settings, options.device, options.checkpoints, options.template, options.cache, tuning
+    )
+
+
+def _run_tuning(options: Options, env: dict) -> None:
     """Tune the problems the tuning file lacks for these settings, and merge them into it."""
-    existing = json.loads(args.tuning.read_text()) if args.tuning.is_file() else {}
+    path, settings = options.tuning, options.settings
+    existing = json.loads(path.read_text()) if path.is_file() else {}
     if existing.get("settings") != tuning_settings(settings):
         existing = {}
-    missing = [problem for problem in args.problems if problem not in existing.get("w_dz", {})]
+    missing = [problem for problem in options.problems if problem not in existing.get("w_dz", {})]
     if missing:
         start = time.perf_counter()
-        evaluation = Evaluation(settings, torch.device(args.device), checkpoints, args.mri_template)
-        tuning = tune(evaluation, missing)
+        tuning = tune(_evaluation(options), missing)
         merged = ("scores_volume_psnr",) + tuple(name for name, _ in TUNED.values())
         for key in merged:
             tuning[key] = {**existing.get(key, {}), **tuning[key]}
         tuning.update(
             device=env["device_name"], git_commit=env["git_commit"], seconds=time.perf_counter() - start
         )
-        args.tuning.parent.mkdir(parents=True, exist_ok=True)
-        args.tuning.write_text(json.dumps(tuning, indent=1) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(tuning, indent=1) + "\n")
         existing = tuning
-    print(f"tuned: w_dz {existing['w_dz']}, tv_weight {existing['tv_weight']} ({args.tuning})")
-    _mirror(args.tuning)
+    print(f"tuned: w_dz {existing['w_dz']}, tv_weight {existing['tv_weight']} ({path})")
+    _mirror(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the experiment (or ``--tune`` / ``--list``) as the command line says; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
-    checkpoints = {"ct": args.ct_checkpoint, "mri": args.mri_checkpoint}
+    options = options_from_args(build_parser().parse_args(argv))
     queue = case_queue(
-        _eval_seeds("phantom", args.phantoms), _eval_seeds("mri", args.brains), range(args.seeds)
+        _eval_seeds("phantom", options.phantoms), _eval_seeds("mri", options.brains), range(options.seeds)
     )
-    queue = [case for case in queue if case.problem in args.problems]
-    if args.only:
-        queue = [case for case in queue if any(fnmatch.fnmatchcase(case.key, p) for p in args.only)]
-    if args.list:
-        done = {record["key"] for record in read_records(args.results)}
+    queue = [case for case in queue if case.problem in options.problems]
+    if options.only:
+        queue = [case for case in queue if any(fnmatch.fnmatchcase(case.key, p) for p in options.only)]
+    if options.list_queue:
+        done = {record["key"] for record in read_records(options.results)}
         for case in queue:
             print(f"{'done' if case.key in done else 'todo'}  {case.key}")
         return 0
-    device = torch.device(args.device)
     command = ["experiments/iscs_eval.py", *(sys.argv[1:] if argv is None else argv)]
-    env = environment(device, command)
-    env["git_commit"] = args.git_commit or env["git_commit"]
+    env = environment(options.device, command)
+    env["git_commit"] = options.git_commit or env["git_commit"]
     print(f"device {env['device_name']}, torch {torch.__version__}, commit {env['git_commit']}")
-    print(f"settings {settings}")
-    if args.tune:
-        _run_tuning(args, settings, checkpoints, env)
+    print(f"settings {options.settings}")
+    if options.tune:
+        _run_tuning(options, env)
         return 0
-    tuning = load_tuning(args.tuning, settings)
-    evaluate(Evaluation(settings, device, checkpoints, args.mri_template, tuning), args, queue, env)
+    tuning = load_tuning(options.tuning, options.settings)
+    evaluate(_evaluation(options, tuning), options, queue, env)
     return 0
 
 

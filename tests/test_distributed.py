@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -21,8 +22,8 @@ import torch.multiprocessing as mp
 
 import algorithms
 from physics import ConeBeamCT, ConeBeamGeometry, ZAxisSuperResolution, select_views
-from utils import distributed
-from utils.results import RunFolder
+from recon import distributed
+from recon.results import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
@@ -35,7 +36,7 @@ TINY_NCSNPP = {
 }
 # Five slices: uneven blocks (3 and 2) on two ranks.
 STACK = (5, 1, 16, 16)
-SAMPLER = dict(nfe=2, sigma_min=0.01, sigma_max=5.0, num_cg=2, noise="iscs", disable=True)
+SAMPLER = algorithms.SamplerConfig(nfe=2, sigma_min=0.01, sigma_max=5.0, noise="iscs")
 
 
 def _free_port() -> int:
@@ -58,10 +59,13 @@ def _network_denoiser():
     return Denoiser(net, slice_batch=1)
 
 
-def _reconstruct(denoiser, seed=5):
+def _reconstruct(denoiser, seed=5, callback=None):
     op, y = _measurement()
     generator = torch.Generator().manual_seed(seed)
-    return algorithms.reconstruct("DDS", denoiser, op, y, shape=STACK, generator=generator, **SAMPLER)
+    step = algorithms.ConsistencyStep(algorithms.DDSConsistency(op, y, num_cg=2))
+    return algorithms.reconstruct(
+        denoiser, step, STACK, SAMPLER, generator=generator, callback=callback, disable=True
+    )
 
 
 class Recording:
@@ -144,12 +148,7 @@ def _fail_between_steps(rank):
         if rank == 0:
             raise OSError("disk full while saving step 0")
 
-    op, y = _measurement()
-    generator = torch.Generator().manual_seed(5)
-    denoiser = distributed.slice_parallel(Recording())
-    return algorithms.reconstruct(
-        "DDS", denoiser, op, y, shape=STACK, generator=generator, callback=callback, **SAMPLER
-    )
+    return _reconstruct(distributed.slice_parallel(Recording()), callback=callback)
 
 
 def _fail_after_sampling(rank):
@@ -158,6 +157,22 @@ def _fail_after_sampling(rank):
     if rank == 0:
         raise OSError("cannot write recon.nii.gz")
     return out
+
+
+def _rank_zero_sink(rank):
+    """Each rank writes through a RankZero sink into a folder of its own."""
+    made = []
+    with tempfile.TemporaryDirectory() as folder:
+
+        def make_writer():
+            made.append(rank)
+            return RunFolder(Path(folder), {"spacing": (1.0, 1.0, 1.0)})
+
+        sink = distributed.RankZero(make_writer)
+        sink.json("metrics.json", {"rank": rank})
+        sink.volume("GT", torch.zeros(2, 3, 4))
+        files = sorted(p.name for p in Path(folder).iterdir())
+    return dict(made=made, path_is_none=sink.path is None, files=files)
 
 
 def _nested_caught(rank):
@@ -182,6 +197,7 @@ SCENARIOS = {
     "fail_in_denoiser": _fail_in_denoiser,
     "fail_between_steps": _fail_between_steps,
     "fail_after_sampling": _fail_after_sampling,
+    "rank_zero_sink": _rank_zero_sink,
     "nested_caught": _nested_caught,
     "nested_raised": _nested_raised,
 }
@@ -274,10 +290,20 @@ def test_single_process_runs_unchanged(monkeypatch):
         distributed.check_peers()
 
 
-def test_null_folder_offers_every_public_method_of_run_folder():
-    public = {name for name in vars(RunFolder) if not name.startswith("_")}
-    assert public <= set(dir(distributed.NullFolder))
-    assert distributed.NullFolder().path is None
+def test_rank_zero_sink_writes_in_a_single_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    sink = distributed.RankZero(lambda: RunFolder(tmp_path, {"spacing": (1.0, 1.0, 1.0)}))
+    assert sink.path == tmp_path
+    sink.text("metrics.txt", "psnr 30")
+    assert (tmp_path / "metrics.txt").read_text() == "psnr 30\n"
+
+
+def test_rank_zero_sink_skips_every_writer_method_on_other_ranks(monkeypatch):
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    sink = distributed.RankZero(lambda: pytest.fail("only rank 0 builds the writer"))
+    assert sink.path is None
+    for name in (name for name in vars(RunFolder) if not name.startswith("_")):
+        assert getattr(sink, name)("a", {}) is None
 
 
 # ----------------------------------------------------------------------------- two processes
@@ -320,6 +346,14 @@ def test_view_parallel_splits_the_views_only_where_the_sum_is_exact(rank_outcome
     assert torch.equal(results[0]["x"], results[1]["x"])
     assert not torch.allclose(single, x0, atol=1e-3)
     torch.testing.assert_close(results[0]["x"], single, rtol=1e-10, atol=1e-12)
+
+
+def test_rank_zero_sink_writes_on_rank_zero_only(rank_outcomes):
+    outcomes = rank_outcomes["rank_zero_sink"]
+    assert [outcome["error"] for outcome in outcomes] == [None, None]
+    first, second = (outcome["result"] for outcome in outcomes)
+    assert first == dict(made=[0], path_is_none=False, files=["GT.nii.gz", "metrics.json"])
+    assert second == dict(made=[], path_is_none=True, files=[])
 
 
 @pytest.mark.parametrize(
@@ -419,7 +453,7 @@ def test_torchrun_entry_script_writes_one_folder_with_the_single_process_volume(
 def test_torchrun_entry_script_ends_with_the_failing_rank_error(zsr_argv, tmp_path):
     from test_entry import _run_folders
 
-    from utils.results import MARKER
+    from recon.results import MARKER
 
     script = tmp_path / "failing_entry.py"
     script.write_text(FAILING_ENTRY)

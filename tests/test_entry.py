@@ -15,9 +15,9 @@ import yaml
 
 import recon_CBCT
 import recon_MRI_ZSR
+from recon.results import LOG_NAME, MARKER
 from utils.io import read_volume, write_volume
 from utils.metrics import METRIC_KEYS
-from utils.results import LOG_NAME, MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 # Files every finished run writes, whatever the task.

@@ -15,7 +15,8 @@ from test_entry import export_tiny_prior, tiny_config
 from algorithms import Ar1Noise, IidNoise, IscsNoise
 from experiments import iscs_eval
 from figures import make_iscs_figures
-from utils.io import write_volume
+from recon.specs import NoiseSpec
+from utils.io import read_volume, write_volume
 from utils.metrics import METRIC_KEYS, volume_metrics
 
 TOY = ["--device", "cpu", "--size", "16", "--depth", "4", "--nfe", "2", "--admm-iter", "2"]
@@ -41,6 +42,7 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     paths = ["--ct-checkpoint", prior, "--mri-checkpoint", prior, "--mri-template", template]
     paths += ["--tuning", tmp_path / "tuning.json", "--results", tmp_path / "results.jsonl"]
+    paths += ["--cache", tmp_path / "cache"]
     return tmp_path, TOY + [str(p) for p in paths]
 
 
@@ -94,7 +96,7 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     # A rerun skips what is there: no method runs and the file stays as it was.
     before = results.read_bytes()
     with monkeypatch.context() as patch:
-        patch.setattr(iscs_eval, "METHODS", {})
+        patch.setattr(iscs_eval.Evaluation, "run", lambda *args: pytest.fail("a case ran"))
         assert iscs_eval.main(flags + cases) == 0
         assert "4 already in" in capsys.readouterr().out
         # No time left: the budget stops before the first case.
@@ -108,6 +110,27 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     again = folder / "again.jsonl"
     assert iscs_eval.main(flags + ["--only", "SVCT-30/*/DDS/iscs/seed0", "--results", str(again)]) == 0
     assert _lines(again)[0]["metrics"] == records[1]["metrics"]
+
+
+def test_harness_and_user_path_give_the_same_metrics(toy):
+    folder, flags = toy
+    cases = ["--only", "SVCT-30/*/DDS/iscs/seed0", "ZSR-4/*/A_dagger/none/seed0"]
+    assert iscs_eval.main(flags + cases) == 0
+    user = folder / "user.jsonl"
+    assert iscs_eval.main(flags + cases + ["--results", str(user), "--user-path", "--workers", "2"]) == 0
+    harness_records = {record["key"]: record for record in _lines(folder / "results.jsonl")}
+    user_records = {record["key"]: record for record in _lines(user)}
+    assert sorted(user_records) == sorted(harness_records) and len(user_records) == 2
+    for key, record in user_records.items():
+        assert (record["runner"], harness_records[key]["runner"]) == ("entry script", "harness")
+        assert record["metrics"] == harness_records[key]["metrics"], key
+    # Each volume is written once, in HU for CT, and both ways read it from there.
+    files = sorted(path.name for path in (folder / "cache").iterdir())
+    assert files == ["mri-1000001_16x16x16_cpu_template.nii.gz", "phantom-1000001_4x16x16_cpu.nii.gz"]
+    hu, _ = read_volume(folder / "cache" / files[1])
+    assert hu.min() <= -900 and hu.max() > 1
+    with pytest.raises(ValueError, match="--workers 2: cases run at once as subprocesses only"):
+        iscs_eval.main(flags + ["--workers", "2"])
 
 
 def test_queue_order_and_coverage():
@@ -145,6 +168,7 @@ def test_queue_order_and_coverage():
 
 
 def test_noise_specs_and_labels():
+    assert iscs_eval.noise_spec("ar1-16") == NoiseSpec("ar1", {"corr_length": 16.0})
     assert iscs_eval.make_noise_source("iid") == IidNoise()
     assert iscs_eval.make_noise_source("iscs-0.5") == IscsNoise(span=0.5)
     assert iscs_eval.make_noise_source("ar1-16") == Ar1Noise(corr_length=16.0)

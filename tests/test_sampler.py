@@ -12,16 +12,19 @@ import pytest
 import torch
 
 from algorithms import (
-    METHODS,
+    ConsistencyStep,
     DDNMConsistency,
     DDSConsistency,
     IidNoise,
+    SamplerConfig,
     get_sigmas,
     make_noise,
     make_renoise,
     reconstruct,
     sample,
 )
+
+METHODS = ("DDS", "DDNM")
 
 
 class MatrixOp:
@@ -198,21 +201,21 @@ def _posterior_problem(gen, num_slices=2000):
     return op, y, mu
 
 
+def method_step(method, op, y, num_cg=5):
+    """The sampler step of DDS (CG data consistency) or DDNM (null-space projection)."""
+    if method == "DDS":
+        return ConsistencyStep(DDSConsistency(op, y, num_cg=num_cg))
+    return ConsistencyStep(DDNMConsistency(op, y, n_iter=num_cg))
+
+
 def _sample_posterior(gen, method, renoise, nfe):
     op, y, mu = _posterior_problem(gen)
     num_slices = y.shape[0]
     x = reconstruct(
-        method,
         GaussianDenoiser(mu, 1.0),
-        op,
-        y,
-        shape=(num_slices, 1, 2, 4),
-        nfe=nfe,
-        sigma_min=0.01,
-        sigma_max=50.0,
-        num_cg=3,
-        renoise=renoise,
-        noise="iid",
+        method_step(method, op, y, num_cg=3),
+        (num_slices, 1, 2, 4),
+        SamplerConfig(nfe=nfe, sigma_min=0.01, sigma_max=50.0, renoise=renoise, noise="iid"),
         generator=gen,
         disable=True,
     )
@@ -241,33 +244,28 @@ def test_ancestral_sampler_with_many_levels_has_the_posterior_covariance(gen):
     assert (covariance.trace() / null_projector.trace()).item() == pytest.approx(1.0, abs=0.05)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", METHODS)
 def test_identity_operator_with_tiny_noise_returns_the_data(method, gen):
     y = torch.rand(3, 1, 8, 8, generator=gen) + 1e-4 * torch.randn(3, 1, 8, 8, generator=gen)
     x = reconstruct(
-        method,
         GaussianDenoiser(torch.full((1, 1, 8, 8), 0.5), 0.3),
-        IdentityOp(),
-        y,
-        shape=y.shape,
-        nfe=5,
-        sigma_min=0.01,
-        sigma_max=10.0,
-        num_cg=1,
+        method_step(method, IdentityOp(), y, num_cg=1),
+        y.shape,
+        SamplerConfig(nfe=5, sigma_min=0.01, sigma_max=10.0),
         generator=gen,
         disable=True,
     )
     assert torch.allclose(x, y, atol=1e-6)
 
 
-def _small_run(problem, method="DDS", seed=0, **options):
+def _small_run(problem, method="DDS", seed=0, noise="iscs", shape=(5, 1, 4, 4), nfe=6, **options):
     """Reconstruct the 5-slice problem with a zero-mean Gaussian prior; returns (x, denoiser)."""
     op, y, _ = problem
     denoiser = GaussianDenoiser(torch.zeros(1, 1, 4, 4), 1.0)
-    settings = dict(shape=(5, 1, 4, 4), nfe=6, sigma_min=0.01, sigma_max=2.0, disable=True)
-    settings.update(options)
+    config = SamplerConfig(nfe=nfe, sigma_min=0.01, sigma_max=2.0, noise=noise, **options)
     generator = torch.Generator().manual_seed(seed)
-    return reconstruct(method, denoiser, op, y, generator=generator, **settings), denoiser
+    x = reconstruct(denoiser, method_step(method, op, y), shape, config, generator=generator, disable=True)
+    return x, denoiser
 
 
 def test_same_seed_same_reconstruction(problem):
@@ -278,9 +276,14 @@ def test_same_seed_same_reconstruction(problem):
     assert not torch.allclose(first, other)
 
 
-def test_use_init_starts_from_the_noised_estimate(problem):
+def test_x_init_starts_from_the_noised_estimate(problem):
+    op, y, _ = problem
     x_init = torch.full((5, 1, 4, 4), 0.25)
-    _, denoiser = _small_run(problem, "DDNM", seed=9, noise="ar1", use_init=True, x_init=x_init)
+    denoiser = GaussianDenoiser(torch.zeros(1, 1, 4, 4), 1.0)
+    config = SamplerConfig(nfe=6, sigma_min=0.01, sigma_max=2.0, noise="ar1")
+    generator = torch.Generator().manual_seed(9)
+    step = method_step("DDNM", op, y)
+    reconstruct(denoiser, step, x_init.shape, config, generator=generator, x_init=x_init, disable=True)
     start_noise = make_noise("ar1")((5, 1, 4, 4), torch.Generator().manual_seed(9))
     assert torch.allclose(denoiser.inputs[0], x_init + 2.0 * start_noise, atol=1e-6)
 
@@ -294,7 +297,7 @@ def test_callback_sees_every_level_and_the_chain_of_states(problem):
         denoiser,
         5.0 * x0,
         sigmas,
-        DDSConsistency(op, y, num_cg=2),
+        ConsistencyStep(DDSConsistency(op, y, num_cg=2)),
         make_renoise("DDS"),
         IidNoise(),
         torch.Generator().manual_seed(0),
@@ -310,16 +313,15 @@ def test_callback_sees_every_level_and_the_chain_of_states(problem):
 
 def test_bad_choices_are_clear_errors(problem):
     op, y, _ = problem
-    with pytest.raises(ValueError, match=r"unknown method 'DPS'; accepted: DDS, DDNM"):
-        _small_run(problem, "DPS")
     with pytest.raises(ValueError, match=r"unknown renoise preset 'ddpm'.*DDPM, DDS, DiffPIR, DDIM"):
         _small_run(problem, renoise="ddpm")
     with pytest.raises(ValueError, match=r"unknown noise source 'slerp'.*iid, iscs, shared, ar1"):
         _small_run(problem, noise="slerp")
-    with pytest.raises(ValueError, match="w_tik and w_dz apply to method 'DDS' only"):
-        _small_run(problem, "DDNM", w_dz=0.1)
-    with pytest.raises(ValueError, match=r"use_init=True needs x_init shaped like \(5, 1, 4, 4\), got None"):
-        _small_run(problem, use_init=True)
+    config = SamplerConfig(nfe=2, sigma_min=0.01, sigma_max=2.0)
+    with pytest.raises(ValueError, match=r"x_init must be shaped like \(5, 1, 4, 4\), got \(4, 1, 4, 4\)"):
+        reconstruct(
+            None, None, (5, 1, 4, 4), config, generator=torch.Generator(), x_init=torch.zeros(4, 1, 4, 4)
+        )
     with pytest.raises(ValueError, match="shape must be a slice stack"):
         _small_run(problem, shape=(5, 4, 4))
     with pytest.raises(ValueError, match="nfe must be an integer >= 1"):

@@ -2,7 +2,7 @@
 
 import torch
 
-from algorithms import reconstruct
+from algorithms import ConsistencyStep, DDSConsistency, SamplerConfig, reconstruct
 from models import Denoiser, build_model
 from physics import ZAxisSuperResolution
 
@@ -17,11 +17,12 @@ def test_tiny_ncsnpp_run_is_deterministic_and_fits_the_data():
     denoiser = Denoiser(net, slice_batch=16)
     op = ZAxisSuperResolution(2, axis=2)
     y = op.A(torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
-    settings = dict(shape=(16, 1, 32, 32), nfe=2, sigma_min=0.01, sigma_max=5.0, num_cg=2, noise="iscs")
+    step = ConsistencyStep(DDSConsistency(op, y, num_cg=2))
+    config = SamplerConfig(nfe=2, sigma_min=0.01, sigma_max=5.0, noise="iscs")
 
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return reconstruct("DDS", denoiser, op, y, generator=generator, disable=True, **settings)
+        return reconstruct(denoiser, step, (16, 1, 32, 32), config, generator=generator, disable=True)
 
     first, again, other = run(5), run(5), run(6)
     assert torch.equal(first, again)

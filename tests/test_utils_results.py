@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import yaml
 
-from utils.results import (
+from recon.results import (
     LOG_NAME,
     LOGGER_NAME,
     MARKER,
@@ -18,6 +18,7 @@ from utils.results import (
     run_parent,
     volume_name,
 )
+from utils.figures import save_scroll_gif, save_slices_figure
 
 NOW = dt.datetime(2026, 1, 31, 14, 5, 9)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import build_parser, parse_args
-from utils.tasks import CBCT_PROFILE, ZSR_PROFILE
+from recon.parser import build_parser, parse_args
+from recon.problems import CBCT_PROFILE, ZSR_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_OPTIONS = [

@@ -9,7 +9,10 @@ projector inside data consistency, on GPU: :func:`view_parallel` gives each rank
 views, and every adjoint all-reduces the ranks' exact fixed-point sums. Every rank draws its noise
 from its own generator seeded with the same seed, so each slice gets exactly the noise of the
 single-process run, and N processes give bitwise the volume of one where every network call sees
-the same slices (``--slice-batch`` dividing each rank's block).
+the same slices (``--slice-batch`` dividing each rank's block). The run routine meets this module
+through :func:`parallel` (the sampler's denoiser and operator), :class:`RankZero` (the one sink of
+its outputs, which writes on rank 0 only), and :func:`session` and :func:`check_peers`, which keep
+the ranks in step.
 
 A failure on one rank ends every rank with that rank's error: each synchronisation point starts
 with :func:`check_peers`, an all-gather of one status flag per rank, and a rank that raises
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from utils.results import LOGGER_NAME
+from recon.results import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -368,34 +371,41 @@ def view_parallel(op, y: torch.Tensor) -> Tuple[Any, torch.Tensor]:
     return op.view_block(start, stop, _all_reduce), y[start:stop]
 
 
-class NullFolder:
-    """Stands in for ``utils.results.RunFolder`` on ranks other than 0, which write nothing."""
+def parallel(denoiser: Denoise, op, y: torch.Tensor) -> Tuple[Denoise, Any, torch.Tensor]:
+    """The sampler's denoiser, operator and measurement with their work shared over the ranks.
 
-    path = None
+    The denoiser runs slice-parallel (:func:`slice_parallel`) and the operator's views are split
+    where that is exact (:func:`view_parallel`); a single process gets all three back unchanged.
+    """
+    return (slice_parallel(denoiser), *view_parallel(op, y))
 
-    def volume(self, name, array, meta=None) -> None:
-        """Skip writing a volume."""
 
-    def yaml(self, name, content) -> None:
-        """Skip writing a YAML file."""
+def _skip(*args, **kwargs) -> None:
+    """What a write on a rank other than 0 does: nothing."""
 
-    def json(self, name, content) -> None:
-        """Skip writing a JSON file."""
 
-    def text(self, name, content) -> None:
-        """Skip writing a text file."""
+class RankZero:
+    """A results writer that writes on rank 0 only: the one sink of a run's outputs.
 
-    def start_log(self) -> None:
-        """Keep no run log."""
+    Rank 0 builds the writer with ``make_writer()`` and every method call goes to it; the other
+    ranks build nothing and every method call does nothing, so that every rank runs the same code.
 
-    def stop_log(self) -> None:
-        """Keep no run log."""
+    Args:
+        make_writer: builds the writer (e.g. a ``recon.results.RunFolder``), on rank 0 only.
+    """
 
-    def complete(self) -> None:
-        """Nothing to mark."""
+    def __init__(self, make_writer: Callable[[], Any]):
+        self.writer = make_writer() if is_main_process() else None
 
-    def fail(self, message) -> None:
-        """Nothing to mark."""
+    @property
+    def path(self):
+        """The writer's folder on rank 0; None elsewhere."""
+        return None if self.writer is None else self.writer.path
+
+    def __getattr__(self, name: str):
+        # Only names this class lacks arrive here; "writer" itself is looked up in the instance.
+        writer = self.__dict__.get("writer")
+        return _skip if writer is None else getattr(writer, name)
 
 
 @contextlib.contextmanager

@@ -1,30 +1,28 @@
 """The one argument parser of the entry scripts (``recon_CBCT.py``, ``recon_MRI_ZSR.py``).
 
-Both scripts share every argument; a :class:`ScriptProfile` supplies the task-specific defaults,
-choices and the few arguments only one script has. Option names and meanings follow the
-reference code (``--NFE``, ``--num-cg``, ``--w-tik``...); ``--help`` shows every default.
+Both scripts share every argument; a :class:`ScriptProfile` supplies the problem, the defaults,
+choices and the few arguments only one script has. Option names and meanings follow the reference
+code (``--NFE``, ``--num-cg``, ``--degree``...); the defaults are the run specifications' own
+(``recon.specs``), and ``--help`` shows every one. ``recon.cli`` turns the parsed options into a
+``RunSpec``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from algorithms import NOISE_ALIASES, NOISE_SOURCES, RENOISE, admm_tv
+from algorithms import NOISE_ALIASES, NOISE_SOURCES, RENOISE
+from algorithms.noise import NOISE_KNOBS
+from models.denoiser import PRECISIONS
+from recon.specs import MethodSpec, NoiseSpec, OutputSpec, PriorSpec, RunSpec
 
-# Methods that sample with the diffusion prior (they need a checkpoint); the others are classical.
-PRIOR_METHODS = ("DDS", "DDNM")
-PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
-_ADMM_DEFAULTS = {
-    name: parameter.default for name, parameter in inspect.signature(admm_tv).parameters.items()
-}
 NOISE_CONTROLS = tuple(str(name) for name in NOISE_ALIASES if isinstance(name, str)) + tuple(NOISE_SOURCES)
 
 
@@ -65,30 +63,52 @@ non_negative_float = _bounded(float, 0.0, "a number")
 positive_float = _bounded(float, 0.0, "a number", strict=True)
 
 
+def knob_option(knob: str) -> str:
+    """The command-line option of a noise-source knob: ``corr_length`` -> ``--noise-corr-length``."""
+    return "--noise-" + knob.replace("_", "-")
+
+
+def knob_dest(knob: str) -> str:
+    """The parsed attribute of a noise-source knob: ``corr_length`` -> ``noise_corr_length``."""
+    return "noise_" + knob
+
+
 @dataclass(frozen=True)
 class ScriptProfile:
-    """Task-specific defaults of one entry script.
+    """What one entry script reconstructs, and its defaults.
 
     Args:
-        prog: script name shown in ``--help``.
+        prog: script name shown in ``--help``, relative to the repository root.
         description: one paragraph for ``--help``.
-        tasks: accepted ``--task`` values (the first is the default).
+        problem: the problem class (a ``recon.problems.ProblemSpec`` subclass); its tasks are the
+            accepted ``--task`` values (the first is the default).
         degree: default ``--degree``.
-        degree_help: what ``--degree`` means for these tasks.
+        degree_help: what ``--degree`` means for these tasks (each task's named parameter).
         methods: accepted ``--method`` values (the first is the default).
         data, checkpoint: default ``--data`` and ``--checkpoint-path``.
-        extra: arguments only this script has: ``(flag, argparse keyword arguments)`` pairs.
+        extra: arguments only this script has: ``(flag, argparse keyword arguments)`` pairs, each
+            setting the problem's field of the same name.
     """
 
     prog: str
     description: str
-    tasks: Tuple[str, ...]
+    problem: type
     degree: int
     degree_help: str
     methods: Tuple[str, ...]
     data: Path
     checkpoint: Path
     extra: Tuple[Tuple[str, Dict[str, Any]], ...] = field(default_factory=tuple)
+
+    @property
+    def tasks(self) -> Tuple[str, ...]:
+        """The accepted ``--task`` values."""
+        return tuple(self.problem.PARAMETERS)
+
+    @property
+    def extra_fields(self) -> Tuple[str, ...]:
+        """The problem fields that the extra arguments set."""
+        return tuple(flag[2:].replace("-", "_") for flag, _ in self.extra)
 
 
 def default_device() -> str:
@@ -105,6 +125,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     """The shared parser with ``profile``'s defaults; every option shows its default in ``--help``."""
+    method, noise, prior, output = MethodSpec(), NoiseSpec(), PriorSpec(profile.checkpoint), OutputSpec()
+    run_defaults = {item.name: item.default for item in fields(RunSpec)}
     parser = OneLineParser(
         prog=profile.prog,
         description=profile.description,
@@ -142,86 +164,86 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
 
     sampler = parser.add_argument_group("diffusion sampler (DDS, DDNM)")
     sampler.add_argument(
-        "--NFE", type=positive_int, default=50, help="number of denoiser evaluations (noise levels)"
+        "--NFE", type=positive_int, default=method.nfe, help="number of denoiser evaluations (noise levels)"
     )
     sampler.add_argument(
         "--num-cg",
         type=non_negative_int,
-        default=5,
+        default=method.dc_cg_iters,
         help="CG iterations of each data-consistency step (ADMM-TV: of each x-update)",
     )
     sampler.add_argument(
-        "--w-tik", type=non_negative_float, default=0.0, help="DDS proximal (Tikhonov) weight"
+        "--w-tik", type=non_negative_float, default=method.w_tik, help="DDS proximal (Tikhonov) weight"
     )
     sampler.add_argument(
         "--w-dz",
         type=non_negative_float,
-        default=0.0,
+        default=method.w_dz,
         help="DDS+TV weight of the TV across the prior's slices (CBCT: z, ZSR: y), relative to ||A||^2 (0: off)",
     )
     sampler.add_argument(
         "--sigma-max",
         type=positive_float,
-        default=None,
+        default=prior.sigma_max,
         help="largest noise level; None: model.sigma_max of the config",
     )
     sampler.add_argument(
         "--sigma-min",
         type=positive_float,
-        default=None,
+        default=prior.sigma_min,
         help="smallest noise level; None: model.sigma_min of the config",
     )
     sampler.add_argument(
         "--noise-control",
         choices=NOISE_CONTROLS,
-        default="SLERP",
+        default=noise.source,
         help="noise drawn across slices: SLERP = ISCS (the paper), None = iid, BCS = shared; "
         "iscs/iid/shared/ar1 are the registry names",
     )
+    for knob, meaning in NOISE_KNOBS.items():
+        sampler.add_argument(
+            knob_option(knob),
+            type=non_negative_float,
+            default=None,
+            help=f"{meaning}; None: the source's default",
+        )
     sampler.add_argument(
-        "--noise-span",
-        type=non_negative_float,
-        default=None,
-        help="ISCS angular spread (1 = the reference's); None: the source's default",
-    )
-    sampler.add_argument(
-        "--noise-corr-length",
-        type=non_negative_float,
-        default=None,
-        help="ar1 correlation length in slices; None: the source's default",
-    )
-    sampler.add_argument(
-        "--renoise-method", choices=tuple(RENOISE), default="DDS", help="re-noising preset (eta of the step)"
+        "--renoise-method",
+        choices=tuple(RENOISE),
+        default=method.renoise,
+        help="re-noising preset (eta of the step)",
     )
     sampler.add_argument(
         "--use-init",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=method.use_init,
         help="start from the main baseline plus noise",
     )
     sampler.add_argument(
         "--checkpoint-path",
         type=Path,
-        default=profile.checkpoint,
+        default=prior.checkpoint,
         help="score model checkpoint (score_sde or exported)",
     )
     sampler.add_argument(
         "--config-path",
         type=Path,
-        default=None,
+        default=prior.config,
         help="model config YAML (optional when the checkpoint embeds its config)",
     )
     sampler.add_argument(
         "--slice-batch",
         type=positive_int,
-        default=None,
+        default=prior.slice_batch,
         help="slices per network call; None: chosen from free memory",
     )
-    sampler.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision")
+    sampler.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default=prior.precision, help="network precision"
+    )
     sampler.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=prior.compile,
         help="CUDA only: run the network compiled (torch.compile), channels_last and in a CUDA graph; "
         "about 3x faster with --precision bf16, after compiling at the first step "
         "(256 network: about 2 min the first time on a machine, 15 s once cached)",
@@ -231,39 +253,41 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     admm.add_argument(
         "--tv-weight",
         type=non_negative_float,
-        default=_ADMM_DEFAULTS["lam"],
+        default=method.tv_weight,
         help="TV weight lam, relative to ||A||^2",
     )
     admm.add_argument(
         "--admm-rho",
         type=positive_float,
-        default=_ADMM_DEFAULTS["rho"],
+        default=method.admm_rho,
         help="ADMM penalty rho, relative to ||A||^2",
     )
-    admm.add_argument(
-        "--admm-iter", type=positive_int, default=_ADMM_DEFAULTS["n_iter"], help="ADMM iterations"
-    )
+    admm.add_argument("--admm-iter", type=positive_int, default=method.admm_iter, help="ADMM iterations")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default=default_device(), help="compute device")
     run.add_argument(
         "--gpu",
         type=non_negative_int,
-        default=0,
+        default=run_defaults["gpu"],
         help="CUDA device index (with --device cuda); under torchrun each process uses its LOCAL_RANK's GPU",
     )
-    run.add_argument("--seed", type=int, default=42, help="seed of the one random generator")
-    run.add_argument("--results-dir", type=Path, default=Path("results"), help="root of the results folders")
+    run.add_argument(
+        "--seed", type=int, default=run_defaults["seed"], help="seed of the one random generator"
+    )
+    run.add_argument(
+        "--results-dir", type=Path, default=output.results_dir, help="root of the results folders"
+    )
     run.add_argument(
         "--save-intermediates",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=output.save_intermediates,
         help="save every step's denoised (X_hat/) and data-consistent (X_0/) volumes",
     )
     run.add_argument(
         "--gif",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=output.gif,
         help="also write a GIF scrolling through the slices",
     )
     return parser

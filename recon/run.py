@@ -1,0 +1,304 @@
+"""The run routine both entry scripts share: load, simulate, reconstruct, evaluate, write.
+
+``main(profile, argv)`` is what ``recon_CBCT.py`` and ``recon_MRI_ZSR.py`` call: it parses the
+command line into a ``RunSpec`` (``recon.cli``) and runs it with :func:`run`. Expected failures
+(bad input, missing files, a checkpoint that does not fit its config...) print one line
+``error: <message>`` to stderr and return exit code 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+import torch
+
+from algorithms import SamplerConfig
+from algorithms.noise import NOISE_KNOBS
+from recon import distributed, factory
+from recon.cli import spec_from_args, spec_options
+from recon.factory import PRIOR_METHODS, Measured
+from recon.parser import ScriptProfile, parse_args
+from recon.results import (
+    LOG_NAME,
+    RunFolder,
+    console_logging,
+    create_run_dir,
+    environment,
+    problem_name,
+    run_parent,
+    volume_name,
+)
+from recon.specs import RunSpec
+from utils.figures import save_scroll_gif, save_slices_figure
+from utils.io import Meta, read_volume
+from utils.metrics import PLANES, compute_metrics, format_table
+
+log = logging.getLogger("iscs")
+
+# The project's modules report bad input with these; main() turns them into one-line errors.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+
+
+@dataclass
+class Run:
+    """Everything one run works with once its folder exists."""
+
+    spec: RunSpec
+    gt: torch.Tensor
+    meta: Meta
+    op: Any
+    net: Optional[torch.nn.Module]
+    sampler: Optional[SamplerConfig]
+    folder: distributed.RankZero
+    generator: torch.Generator
+
+
+def config_name(spec: RunSpec) -> str:
+    """The ``<config>`` level of the results folder: the config file, else the checkpoint, else none."""
+    if spec.prior.config is not None:
+        return volume_name(spec.prior.config)
+    return volume_name(spec.prior.checkpoint) if spec.method.name in PRIOR_METHODS else "no-prior"
+
+
+def problem_options(spec: RunSpec) -> Dict[str, Any]:
+    """The options that name the ``<problem>`` folder, in order (label -> value)."""
+    method = spec.method
+    options = spec.problem.folder_options()
+    if method.name == "ADMM-TV":
+        options.update(
+            lam=method.tv_weight, rho=method.admm_rho, it=method.admm_iter, nCG=method.admm_cg_iters
+        )
+    if method.name in PRIOR_METHODS:
+        options.update(
+            NFE=method.nfe, init=method.use_init, nCG=method.dc_cg_iters, wTIK=method.w_tik, wDZ=method.w_dz
+        )
+        knobs = "".join(f"-{spec.noise.knobs[knob]:g}" for knob in NOISE_KNOBS if knob in spec.noise.knobs)
+        options.update(noise=f"{spec.noise.source}{knobs}", renoise=method.renoise)
+    return options
+
+
+def results_parent(spec: RunSpec) -> Path:
+    """The folder that holds the timestamped run folders of ``spec``'s problem."""
+    problem = spec.problem
+    return run_parent(
+        spec.output.results_dir,
+        config_name(spec),
+        volume_name(problem.data),
+        problem.task,
+        problem.parameter,
+        spec.method.name,
+        problem_name(problem_options(spec)),
+    )
+
+
+def _intermediates_saver(run: Run) -> Callable[[dict], None]:
+    def save(step: dict) -> None:
+        index, problem = step["i"], run.spec.problem
+        run.folder.volume(f"X_hat/step_{index:03d}", problem.to_volume(step["x0"]))
+        run.folder.volume(f"X_0/step_{index:03d}", problem.to_volume(step["x0_dc"]))
+
+    return save
+
+
+@contextlib.contextmanager
+def _stage(what: str) -> Iterator[None]:
+    """Log a stage's start and, when it succeeds, its duration."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.1f s", what, time.perf_counter() - start)
+
+
+def _write_figures(
+    run: Run, gt: torch.Tensor, volumes: Dict[str, torch.Tensor], main_baseline: str, report: dict
+) -> None:
+    """``figure.png`` (GT, main baseline, recon, error) and, with ``--gif``, ``slices.gif``."""
+    panels = {name: volumes[name].detach().float().cpu().numpy() for name in (main_baseline, "recon")}
+    gt_cpu = gt.detach().float().cpu().numpy()
+    captions = {
+        name: f"PSNR {values['psnr']:.2f} / SSIM {values['ssim']:.3f}"
+        for name, values in report["metrics"].items()
+        if values["psnr"] is not None
+    }
+    save_slices_figure(run.folder.path / "figure.png", gt_cpu, panels, run.meta["spacing"], captions)
+    if run.spec.output.gif:
+        # The GIF scrolls through the prior's own planes: axial for CT, coronal (containing z) for ZSR.
+        plane = next(name for name, axis in PLANES.items() if axis == run.spec.problem.slice_axis)
+        save_scroll_gif(run.folder.path / "slices.gif", {"GT": gt_cpu, **panels}, plane=plane)
+
+
+def _execute(run: Run) -> None:
+    spec, problem, folder = run.spec, run.spec.problem, run.folder
+    # The measurement is simulated once; every baseline and the method see this same y.
+    with _stage("simulating the measurement"):
+        measured = Measured(problem, run.gt, run.op, problem.measure(run.op, run.gt, run.generator))
+    name, stack, meta = problem.measurement(measured.y, run.meta, run.op)
+    folder.volume(name, stack, meta)
+    folder.volume("GT", problem.to_volume(run.gt))
+
+    with _stage("baselines"):
+        baselines = measured.baselines
+    for name, stack in baselines.stacks.items():
+        folder.volume(name, problem.to_volume(stack))
+
+    with _stage(f"reconstruction ({spec.method.name})"):
+        recon = factory.reconstruct(
+            spec,
+            measured,
+            generator=run.generator,
+            denoiser=None if run.net is None else factory.make_denoiser(spec.prior, run.net),
+            sampler=run.sampler,
+            callback=_intermediates_saver(run) if spec.output.save_intermediates else None,
+            disable=not (sys.stderr.isatty() and distributed.is_main_process()),
+        )
+    # Rank 0 evaluates and writes only what every rank finished; the other ranks are done here.
+    distributed.check_peers()
+    if not distributed.is_main_process():
+        return
+
+    # Metrics and figures compare volumes in the normalised [0, 1] space of the ground truth.
+    gt = problem.to_volume(run.gt)
+    volumes = {name: problem.to_volume(stack) for name, stack in baselines.stacks.items()}
+    volumes["recon"] = problem.to_volume(recon)
+    with _stage("metrics"):
+        report = compute_metrics(gt, volumes)
+    folder.json("metrics.json", report)
+    table = format_table(report)
+    folder.text("metrics.txt", table)
+    log.info("metrics (data range %.4g):\n%s", report["data_range"], table)
+
+    _write_figures(run, gt, volumes, baselines.main, report)
+
+    # recon.nii.gz is written last, so a run that fails earlier leaves none.
+    folder.volume("recon", volumes["recon"])
+
+
+def run(spec: RunSpec, command: Sequence[str] = ()) -> Optional[Path]:
+    """Run one reconstruction as ``spec`` says; returns the results folder.
+
+    ``command`` is the command line recorded in ``args.yaml``.
+
+    Stages: device, input volume, prior (DDS/DDNM), preprocessing; then a new results folder with
+    ``args.yaml`` and ``run.log``; the simulated measurement, the baselines, the reconstruction,
+    ``metrics.json``/``metrics.txt``, figures and ``recon.nii.gz``; the folder's ``INCOMPLETE``
+    marker goes away only when all of it is written.
+
+    Under ``torchrun`` every rank runs all of it on the whole volume except the network, whose
+    slices the ranks share (``recon.distributed``); only rank 0 writes, and its folder is returned
+    (None on the other ranks). A failure on any rank ends every rank with that error.
+    """
+    device = factory.make_device(spec)
+    with distributed.session(device) as launch:
+        return _run(spec, device, launch, command)
+
+
+def _run(
+    spec: RunSpec, device: torch.device, launch: distributed.Launch, command: Sequence[str]
+) -> Optional[Path]:
+    if spec.prior.config is not None and not spec.prior.config.is_file():
+        raise FileNotFoundError(f"--config-path {spec.prior.config}: no such file")
+    array, meta = read_volume(spec.problem.data)
+    net = factory.load_prior(spec.prior, device) if spec.method.name in PRIOR_METHODS else None
+    spec = factory.resolve(spec, None if net is None else net.config)
+    sampler = factory.sampler_config(spec) if net is not None else None
+    gt, meta = spec.problem.prepare(array, meta, device)
+    op = spec.problem.operator(gt)
+
+    parent = results_parent(spec)
+    # Every rank is ready (input, prior, operator) before rank 0 creates the results folder.
+    distributed.check_peers()
+    folder = distributed.RankZero(lambda: RunFolder(_new_run_dir(spec, parent), meta))
+    folder.start_log()
+    try:
+        log.info("results folder: %s", folder.path)
+        if launch.world_size > 1 and spec.method.name not in PRIOR_METHODS:
+            log.warning(
+                "%s has no network to share: each of the %d processes computes all of it",
+                spec.method.name,
+                launch.world_size,
+            )
+        log.info("ground truth: %d slices of %d x %d on %s", gt.shape[0], gt.shape[2], gt.shape[3], device)
+        if net is not None:
+            log.info(
+                "prior: %s (sigma %g .. %g)",
+                spec.prior.checkpoint,
+                spec.prior.sigma_min,
+                spec.prior.sigma_max,
+            )
+        record = {
+            "options": spec_options(spec),
+            **environment(device, command),
+            "processes": launch.world_size,
+        }
+        folder.yaml("args.yaml", record)
+        generator = torch.Generator(device=device).manual_seed(spec.seed)
+        _execute(Run(spec, gt, meta, op, net, sampler, folder, generator))
+        folder.complete()
+        log.info("finished: %s", folder.path)
+    except BaseException as err:
+        reason = _describe_failure(err)
+        log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)
+        log.debug("traceback", exc_info=True)
+        folder.fail(reason)
+        raise
+    finally:
+        folder.stop_log()
+    return folder.path
+
+
+def _new_run_dir(spec: RunSpec, parent: Path) -> Path:
+    try:
+        return create_run_dir(parent)
+    except OSError as err:
+        raise OSError(
+            f"--results-dir {spec.output.results_dir}: cannot create {parent} ({err.strerror or err}); "
+            "accepted: a directory you can write to"
+        ) from None
+
+
+def _describe_failure(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return f"{type(err).__name__}: {_one_line(err)}"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` with ``profile``'s defaults and run; returns the process exit code.
+
+    Under torchrun only rank 0 logs and prints errors, its own or a failed peer's; another rank
+    prints only an error that could not reach rank 0. A rank stopped by a peer's failure exits
+    with code 0, so that torchrun names the rank that failed (and exits non-zero itself).
+    """
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    spec = spec_from_args(parse_args(profile, argv))
+    is_main = distributed.launch_from_env().is_main
+    with console_logging() if is_main else distributed.silent_logging(), contextlib.ExitStack() as group:
+        try:
+            # The process group outlives the error printed below, so no rank exits before rank 0 printed it.
+            group.enter_context(distributed.session(factory.make_device(spec)))
+            run(spec, [profile.prog, *argv])
+        except EXPECTED_ERRORS as err:
+            if is_main or not distributed.reported(err):
+                print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except distributed.PeerFailure as err:
+            if is_main:
+                print(f"error: {_one_line(err)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            if is_main:
+                print(
+                    "error: interrupted; a results folder already made stays marked INCOMPLETE",
+                    file=sys.stderr,
+                )
+            return 130
+    return 0
