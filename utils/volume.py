@@ -151,11 +151,35 @@ def hu_to_unit(volume: torch.Tensor, window: Tuple[float, float] = HU_WINDOW) ->
     return (volume.clamp(low, high) - low) / (high - low)
 
 
-def min_max(volume: torch.Tensor) -> torch.Tensor:
-    """Map the volume's minimum to 0 and maximum to 1 (the volume must not be constant)."""
+def unit_to_range(volume: torch.Tensor, value_range: Tuple[float, float]) -> torch.Tensor:
+    """Map [0, 1] linearly back onto ``value_range = (low, high)``: the inverse of both intensity maps.
+
+    ``unit_to_range(hu_to_unit(v, window), window)`` is ``v`` clamped to the window, and
+    ``unit_to_range(*min_max_with_range(v))`` is ``v`` (to float rounding).
+    """
+    low, high = (float(v) for v in value_range)
+    return volume * (high - low) + low
+
+
+def unit_to_hu(volume: torch.Tensor, window: Tuple[float, float] = HU_WINDOW) -> torch.Tensor:
+    """Hounsfield units of a volume mapped to [0, 1] by :func:`hu_to_unit` with the same ``window``."""
+    return unit_to_range(volume, window)
+
+
+def min_max_with_range(volume: torch.Tensor) -> Tuple[torch.Tensor, Tuple[float, float]]:
+    """Map the volume's minimum to 0 and maximum to 1; also return ``(minimum, maximum)`` to map back.
+
+    Raises:
+        ValueError: the volume is constant.
+    """
     low, high = volume.min(), volume.max()
     if not bool(high > low):
         raise ValueError(
             f"volume is constant (every voxel is {float(low):g}); a volume with structure is accepted"
         )
-    return (volume - low) / (high - low)
+    return (volume - low) / (high - low), (float(low), float(high))
+
+
+def min_max(volume: torch.Tensor) -> torch.Tensor:
+    """Map the volume's minimum to 0 and maximum to 1 (the volume must not be constant)."""
+    return min_max_with_range(volume)[0]
