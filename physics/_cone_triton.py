@@ -20,6 +20,10 @@ fixed-point integer: the result is bitwise the same on every call, and blocks of
 apart (``combine``) add to bitwise the whole operator's adjoint. Other geometries use the scatter
 adjoint: the same weights added with 64-bit fixed-point atomics, also order independent.
 
+Kernels use no function of Triton's standard library (tl.zeros, tl.min, ...): those are
+interpreted on CPU (TRITON_INTERPRET=1) only when the interpreter was on before Triton was first
+imported, while this module's own kernels are interpreted whenever it is imported with it on.
+
 All kernels compile without floating-point contraction (``enable_fp_fusion=False``), so that the
 forward, the gather and the scatter round every shared operation alike.
 """
@@ -42,10 +46,8 @@ GATHER_WARPS = 2
 # Scatter and the per-ray value table: detector cells per program.
 RAY_TILE = (16, 32)
 SCATTER_BLOCK = 128
-# Columns per program of the fixed-point to float conversion.
+# Voxels per program of the fixed-point to float conversion.
 CONVERT_BLOCK = 1024
-# Per view: source (3), source to the centre of detector cell (0, 0) (3), column step (3), row step (3).
-GEOMETRY_FIELDS = 12
 # The gather widens its closed-form row and column ranges by this many cells plus a relative
 # margin for float32 rounding of index-space coordinates; the exact weight test drops the extras.
 RANGE_SLACK = 1e-2
@@ -90,6 +92,16 @@ def _ray_length(di, dj, dl, inv_dk):
 
 
 @triton.jit
+def _minimum(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
 def _plane_range(active, sz, ra, rz, sk, sa, size_a, depth, n_max):
     """First and last-plus-one plane index over the given rays where a bilinear weight can be in the volume.
 
@@ -109,8 +121,8 @@ def _plane_range(active, sz, ra, rz, sk, sa, size_a, depth, n_max):
     far = n_max + 2.0
     lo = tl.where(hit, tl.minimum(tl.maximum(lo, -2.0), far), far)
     hi = tl.where(hit, tl.minimum(tl.maximum(hi, -2.0), far), -2.0)
-    k_start = tl.maximum(tl.min(tl.floor(lo), axis=0).to(tl.int32) - 1, 0)
-    k_stop = tl.minimum(tl.max(tl.floor(hi), axis=0).to(tl.int32) + 2, n_max)
+    k_start = tl.maximum(tl.reduce(tl.floor(lo), 0, _minimum).to(tl.int32) - 1, 0)
+    k_stop = tl.minimum(tl.reduce(tl.floor(hi), 0, _maximum).to(tl.int32) + 2, n_max)
     return k_start, k_stop
 
 
@@ -152,7 +164,7 @@ def _forward_kernel(
     stride_k = (depth + 2) * stride_z
     base = tl.where(xdom, vx_ptr, vy_ptr)
     size_af = size_a.to(tl.float32)
-    acc = tl.zeros([TILE_R * TILE_C], dtype=tl.float32)
+    acc = tl.full([TILE_R * TILE_C], 0.0, tl.float32)
     for k in range(k_start, k_stop):
         a, z, a_floor, z_floor, fa, fz = _sample(k, sz, ra, rz, sk, sa)
         # Corners outside the volume read the zero padding; samples with no corner inside are skipped.
@@ -171,11 +183,11 @@ def _forward_kernel(
 @triton.jit
 def _ray_values_kernel(
     y_ptr, values_ptr, bound_ptr, geo_ptr, tile_cols, rows, cols, scale,
-    TILE_R: tl.constexpr, TILE_C: tl.constexpr,
+    TILE_R: tl.constexpr, TILE_C: tl.constexpr, STORE: tl.constexpr,
 ):
-    """Per ray, y * length * scale into values [V, cols, rows] (column-major per view: the gather
-    reads neighbouring rows of one column); per program, the largest magnitude (infinite where one
-    is NaN or infinite), a bound on any one contribution of the adjoint."""
+    """Per ray, y * length * scale, into values [V, cols, rows] if STORE (column-major per view: the
+    gather reads neighbouring rows of one column); per program, the largest magnitude (infinite
+    where one is NaN or infinite), a bound on any one contribution of the adjoint."""
     view = tl.program_id(1)
     r, c, cell = _tile_cells(tile_cols, rows, cols, TILE_R, TILE_C)
     sx, sy, sz, di, dj, dl = _ray_direction(geo_ptr, view, r.to(tl.float32), c.to(tl.float32))
@@ -183,10 +195,11 @@ def _ray_values_kernel(
     plane = view.to(tl.int64) * rows * cols
     y = tl.load(y_ptr + plane + r * cols + c, mask=cell, other=0.0)
     value = y * _ray_length(di, dj, dl, inv_dk) * scale
-    tl.store(values_ptr + plane + c * rows + r, value, mask=cell)
+    if STORE:
+        tl.store(values_ptr + plane + c * rows + r, value, mask=cell)
     magnitude = tl.abs(value)
     magnitude = tl.where(magnitude < float("inf"), magnitude, float("inf"))
-    tl.store(bound_ptr + view * tl.num_programs(0) + tl.program_id(0), tl.max(magnitude, axis=0))
+    tl.store(bound_ptr + view * tl.num_programs(0) + tl.program_id(0), tl.reduce(magnitude, 0, _maximum))
 
 
 @triton.jit
@@ -215,11 +228,11 @@ def _gather_kernel(
     lf = slices.to(tl.float32)
     lane = slices < depth
     fixed = tl.load(fixed_ptr)
-    acc = tl.zeros([BLOCK_L], dtype=tl.int64)
+    acc = tl.full([BLOCK_L], 0, tl.int64)
     # Pointers advance view by view (64-bit: a view's offset may pass 2^31).
     base = geo_ptr
     values = values_ptr
-    for view in range(0, n_views):
+    for _view in range(0, n_views):
         sx = tl.load(base + 0)
         sy = tl.load(base + 1)
         sz = tl.load(base + 2)
@@ -229,7 +242,7 @@ def _gather_kernel(
         ux = tl.load(base + 6)
         uy = tl.load(base + 7)
         vz = tl.load(base + 11)
-        total = tl.zeros([BLOCK_L], dtype=tl.float32)
+        total = tl.full([BLOCK_L], 0.0, tl.float32)
         for x_dominant in tl.static_range(2):
             if x_dominant == 1:
                 kf = i * 1.0
@@ -467,22 +480,8 @@ def adjoint(
     geo = geometry_table(vecs).to(proj.device)
     plan = gather_plan(geo, tuple(proj.shape[1:]), tuple(vol_shape))
     if plan is None:
-        return adjoint_scatter(proj, vecs, vol_shape, voxel_size, ray_bound, combine)
-    return adjoint_gather(proj, vecs, vol_shape, voxel_size, ray_bound, combine, plan=plan)
-
-
-def _ray_values(proj: torch.Tensor, geo: torch.Tensor, voxel_size: float):
-    """Per-ray values [V, cols, rows] of the gather and the largest magnitude (float32 [1])."""
-    views, rows, cols = proj.shape
-    values = torch.empty((views, cols, rows), dtype=torch.float32, device=proj.device)
-    tile_cols = triton.cdiv(cols, RAY_TILE[1])
-    grid = (triton.cdiv(rows, RAY_TILE[0]) * tile_cols, views)
-    partial = torch.empty(grid[::-1], dtype=torch.float32, device=proj.device)
-    _ray_values_kernel[grid](
-        proj, values, partial, geo, tile_cols, rows, cols, float(voxel_size),
-        TILE_R=RAY_TILE[0], TILE_C=RAY_TILE[1], **_compile_options(4),
-    )
-    return values, partial.amax()
+        return _scatter(proj, geo, vol_shape, voxel_size, ray_bound, combine)
+    return _gather(proj, geo, plan, vol_shape, voxel_size, ray_bound, combine, GATHER_SLICES, GATHER_WARPS)
 
 
 def adjoint_gather(
@@ -493,24 +492,52 @@ def adjoint_gather(
     ray_bound=None,
     combine=None,
     *,
-    plan: "GatherPlan | None" = None,
     slices: int = GATHER_SLICES,
     num_warps: int = GATHER_WARPS,
 ) -> torch.Tensor:
     """:func:`adjoint` by gathering, for circular orbits only (ValueError otherwise).
 
-    ``plan`` is :func:`gather_plan`'s (computed when None); ``slices`` (a power of two, the most
-    slices per program) and ``num_warps`` only change the speed, never the result.
+    ``slices`` (a power of two, the most slices per program) and ``num_warps`` only change the
+    speed, never the result.
     """
     _check(proj)
+    geo = geometry_table(vecs).to(proj.device)
+    plan = gather_plan(geo, tuple(proj.shape[1:]), tuple(vol_shape))
+    if plan is None:
+        raise ValueError(
+            "adjoint_gather needs a circular orbit (detector rows stepping along z only, columns "
+            "in-plane only, source clear of the volume); use adjoint_scatter"
+        )
+    return _gather(proj, geo, plan, vol_shape, voxel_size, ray_bound, combine, slices, num_warps)
+
+
+def adjoint_scatter(
+    proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
+) -> torch.Tensor:
+    """:func:`adjoint` by scattering each ray's weights with 64-bit fixed-point atomic adds (any geometry)."""
+    _check(proj)
+    return _scatter(proj, geometry_table(vecs).to(proj.device), vol_shape, voxel_size, ray_bound, combine)
+
+
+def _ray_values(proj: torch.Tensor, geo: torch.Tensor, voxel_size: float, store: bool):
+    """The largest magnitude of a ray's contribution (float32 [1]), and, if ``store``, the gather's
+    per-ray values [V, cols, rows] (else None)."""
+    views, rows, cols = proj.shape
+    values = torch.empty((views, cols, rows) if store else (1,), dtype=torch.float32, device=proj.device)
+    tile_cols = triton.cdiv(cols, RAY_TILE[1])
+    grid = (triton.cdiv(rows, RAY_TILE[0]) * tile_cols, views)
+    partial = torch.empty(grid[::-1], dtype=torch.float32, device=proj.device)
+    _ray_values_kernel[grid](
+        proj, values, partial, geo, tile_cols, rows, cols, float(voxel_size),
+        TILE_R=RAY_TILE[0], TILE_C=RAY_TILE[1], STORE=store, **_compile_options(4),
+    )
+    return partial.amax(), values if store else None
+
+
+def _gather(proj, geo, plan: GatherPlan, vol_shape, voxel_size, ray_bound, combine, slices, num_warps):
     views, rows, cols = proj.shape
     depth, height, width = vol_shape
-    geo = geometry_table(vecs).to(proj.device)
-    if plan is None:
-        plan = gather_plan(geo, (rows, cols), (depth, height, width))
-        if plan is None:
-            raise ValueError("adjoint_gather needs a circular orbit (row step along z, column step in-plane)")
-    values, largest = _ray_values(proj.contiguous(), geo, voxel_size)
+    largest, values = _ray_values(proj.contiguous(), geo, voxel_size, store=True)
     fixed = _fixed_unit(largest, views * rows * cols if ray_bound is None else ray_bound, combine)
     acc = torch.empty((depth, height, width), dtype=torch.int64, device=proj.device)
     block = min(slices, triton.next_power_of_2(depth))
@@ -522,15 +549,10 @@ def adjoint_gather(
     return _to_float(acc, fixed, combine)
 
 
-def adjoint_scatter(
-    proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
-) -> torch.Tensor:
-    """:func:`adjoint` by scattering each ray's weights with 64-bit fixed-point atomic adds (any geometry)."""
-    _check(proj)
+def _scatter(proj, geo, vol_shape, voxel_size, ray_bound, combine):
     views, rows, cols = proj.shape
-    geo = geometry_table(vecs).to(proj.device)
     proj = proj.contiguous()
-    _, largest = _ray_values(proj, geo, voxel_size)
+    largest, _ = _ray_values(proj, geo, voxel_size, store=False)
     fixed = _fixed_unit(largest, views * rows * cols if ray_bound is None else ray_bound, combine)
     acc = torch.zeros(tuple(vol_shape), dtype=torch.int64, device=proj.device)
     grid = (triton.cdiv(rows * cols, SCATTER_BLOCK), views)
