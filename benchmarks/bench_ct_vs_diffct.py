@@ -14,7 +14,8 @@ per program and warps are swept; the tables use the fastest of each. Takes about
 H200.
 
 Usage: python benchmarks/bench_ct_vs_diffct.py [--size N] [--views V ...] [--repeats R] [--no-sweep]
-CPU smoke test (tiny, interpreted): TRITON_INTERPRET=1 python benchmarks/bench_ct_vs_diffct.py --size 8 --views 3 --repeats 1
+CPU smoke test (tiny, interpreted, about a minute):
+    TRITON_INTERPRET=1 python benchmarks/bench_ct_vs_diffct.py --size 6 --views 2 --repeats 1 --no-sweep
 Prints a table; writes the full results to $OUT/bench_ct_vs_diffct.json when OUT is set.
 """
 
@@ -34,7 +35,9 @@ from bench_ct_operator import _phantom, _relative, _timed, write_json  # noqa: E
 from physics import ConeBeamGeometry, _cone_triton, select_views  # noqa: E402
 from physics.cone_beam import index_space_vectors  # noqa: E402
 
-FORWARD_SWEEP = [((8, 16), 4), ((16, 16), 4), ((16, 16), 8), ((4, 32), 4), ((8, 32), 4), ((8, 32), 8), ((16, 32), 8)]
+# (detector tile, warps) of the forward and (slices, warps) of the gather tried by the sweep.
+FORWARD_SWEEP = [((8, 16), 4), ((16, 16), 4), ((16, 16), 8), ((4, 32), 4), ((8, 32), 4), ((8, 32), 8),
+                 ((16, 32), 8)]
 GATHER_SWEEP = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8)]
 
 
@@ -95,7 +98,9 @@ def _sweep(x, y, vecs, det, shape, repeats, device):
         run()
         forward.append({"tile": list(tile), "num_warps": warps, "seconds": _timed(run, repeats, device)[0]})
     for slices, warps in GATHER_SWEEP:
-        run = functools.partial(_cone_triton.adjoint_gather, y, vecs, shape, 1.0, slices=slices, num_warps=warps)
+        run = functools.partial(
+            _cone_triton.adjoint_gather, y, vecs, shape, 1.0, slices=slices, num_warps=warps
+        )
         run()
         gather.append({"slices": slices, "num_warps": warps, "seconds": _timed(run, repeats, device)[0]})
     best_forward = min(forward, key=lambda r: r["seconds"])
@@ -104,12 +109,16 @@ def _sweep(x, y, vecs, det, shape, repeats, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=256, help="volume edge")
     parser.add_argument("--views", type=int, nargs="+", default=[360, 20], help="view counts (SVCT)")
     parser.add_argument("--repeats", type=int, default=10 if device.type == "cuda" else 1, help="timed runs")
-    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="sweep launch settings")
+    parser.add_argument(
+        "--sweep", action=argparse.BooleanOptionalAction, default=True, help="sweep launch settings"
+    )
     args = parser.parse_args()
 
     size = args.size
@@ -135,7 +144,9 @@ def main() -> None:
         vecs = index_space_vectors(geometry, views).to(device=device, dtype=torch.float32)
         y = _cone_triton.forward(x, vecs, det, 1.0)
         if args.sweep and "sweep" not in results:
-            forward_sweep, gather_sweep, best_forward, best_gather = _sweep(x, y, vecs, det, shape, args.repeats, device)
+            forward_sweep, gather_sweep, best_forward, best_gather = _sweep(
+                x, y, vecs, det, shape, args.repeats, device
+            )
             results["sweep"] = {"views": n_views, "forward": forward_sweep, "gather": gather_sweep}
             forward_setting = {"tile": tuple(best_forward["tile"]), "num_warps": best_forward["num_warps"]}
             gather_setting = {"slices": best_gather["slices"], "num_warps": best_gather["num_warps"]}
@@ -145,7 +156,8 @@ def main() -> None:
         run = {"views": n_views, "forward_setting": forward_setting, "gather_setting": gather_setting}
         for name, fn in (("A", forward), ("AT_gather", gather), ("AT_scatter", scatter)):
             fn()
-            run[name + "_s"] = _timed(fn, args.repeats, device)[0]
+            run[name + "_s"], peak, _ = _timed(fn, args.repeats, device)
+            run[name + "_peak_extra_MiB"] = None if peak is None else peak / 2**20
         back = gather()
         run["gather_vs_scatter"] = _relative(back, scatter())
         run["gather_bitwise_repeatable"] = bool(torch.equal(back, gather()))
@@ -178,22 +190,23 @@ def _print(results: dict) -> None:
           f"detector {results['detector'][0]}x{results['detector'][1]}")
     if "sweep" in results:
         sweep = results["sweep"]
-        print(f"sweep on {sweep['views']} views (ms): forward " + ", ".join(
-            f"{r['tile'][0]}x{r['tile'][1]}/{r['num_warps']}w {1e3 * r['seconds']:.1f}" for r in sweep["forward"]))
-        print("  gather " + ", ".join(
-            f"{r['slices']}/{r['num_warps']}w {1e3 * r['seconds']:.1f}" for r in sweep["gather"]))
+        forward = [f"{r['tile'][0]}x{r['tile'][1]}/{r['num_warps']}w {1e3 * r['seconds']:.1f}"
+                   for r in sweep["forward"]]
+        gather = [f"{r['slices']}/{r['num_warps']}w {1e3 * r['seconds']:.1f}" for r in sweep["gather"]]
+        print(f"sweep on {sweep['views']} views, ms: forward (tile/warps) " + ", ".join(forward))
+        print("  gather (slices/warps) " + ", ".join(gather))
     print(f"{'views':>5} {'A ms':>7} {'AT gath':>8} {'AT scat':>8} {'diffct A':>9} {'diffct AT':>9} "
           f"{'gath/scat':>9} {'dot fp32':>8} {'repeat':>6} {'blocks':>6} {'vs diffct':>9}")
     for run in results["runs"]:
         def ms(key):
             return f"{1e3 * run[key]:.1f}" if key in run else "-"
 
+        repeat = run["gather_bitwise_repeatable"] and run["gather_setting_independent"]
+        diffct = format(run["ours_vs_diffct_A"], ".1e") if "ours_vs_diffct_A" in run else "-"
         print(f"{run['views']:>5} {ms('A_s'):>7} {ms('AT_gather_s'):>8} {ms('AT_scatter_s'):>8} "
               f"{ms('diffct_A_s'):>9} {ms('diffct_AT_s'):>9} {run['gather_vs_scatter']:>9.1e} "
-              f"{run['dot_test_fp32']:>8.1e} "
-              f"{str(run['gather_bitwise_repeatable'] and run['gather_setting_independent']):>6} "
-              f"{str(run['view_blocks_add_bitwise']):>6} "
-              f"{format(run['ours_vs_diffct_A'], '.1e') if 'ours_vs_diffct_A' in run else '-':>9}")
+              f"{run['dot_test_fp32']:>8.1e} {str(repeat):>6} {str(run['view_blocks_add_bitwise']):>6} "
+              f"{diffct:>9}")
     last = results["runs"][0]
     print(f"best settings: forward tile {tuple(last['forward_setting']['tile'])} warps "
           f"{last['forward_setting']['num_warps']}; gather slices {last['gather_setting']['slices']} "

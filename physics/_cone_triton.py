@@ -40,7 +40,7 @@ import triton.language as tl
 # Forward: (rows, columns) of detector cells per program, and warps per program.
 FORWARD_TILE = (8, 16)
 FORWARD_WARPS = 4
-# Gather: slices per program (at most; fewer for thin volumes), and warps per program.
+# Gather: slices per program (at most; fewer, down to 16, for thin volumes), and warps per program.
 GATHER_SLICES = 256
 GATHER_WARPS = 2
 # Scatter and the per-ray value table: detector cells per program.
@@ -331,10 +331,14 @@ def _scatter_kernel(
         z_in1 = ok & (zi + 1 >= 0) & (zi + 1 < depth)
         off = zi * plane + ai * stride_a + k * stride_k
         # Weights multiplied as the gather does, so that one ray per view gives bitwise its result.
-        tl.atomic_add(acc_ptr + off, _to_fixed(value * ((1.0 - fa) * (1.0 - fz)), fixed), mask=a_in0 & z_in0, sem="relaxed")
-        tl.atomic_add(acc_ptr + off + stride_a, _to_fixed(value * (fa * (1.0 - fz)), fixed), mask=a_in1 & z_in0, sem="relaxed")
-        tl.atomic_add(acc_ptr + off + plane, _to_fixed(value * ((1.0 - fa) * fz), fixed), mask=a_in0 & z_in1, sem="relaxed")
-        tl.atomic_add(acc_ptr + off + plane + stride_a, _to_fixed(value * (fa * fz), fixed), mask=a_in1 & z_in1, sem="relaxed")
+        w00 = _to_fixed(value * ((1.0 - fa) * (1.0 - fz)), fixed)
+        w10 = _to_fixed(value * (fa * (1.0 - fz)), fixed)
+        w01 = _to_fixed(value * ((1.0 - fa) * fz), fixed)
+        w11 = _to_fixed(value * (fa * fz), fixed)
+        tl.atomic_add(acc_ptr + off, w00, mask=a_in0 & z_in0, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + stride_a, w10, mask=a_in1 & z_in0, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + plane, w01, mask=a_in0 & z_in1, sem="relaxed")
+        tl.atomic_add(acc_ptr + off + plane + stride_a, w11, mask=a_in1 & z_in1, sem="relaxed")
 
 
 @triton.jit
@@ -380,11 +384,11 @@ def gather_plan(geo: torch.Tensor, det_shape: Tuple[int, int], vol_shape) -> "Ga
     depth, height, width = vol_shape
     g = geo.detach().cpu().to(torch.float64)
     src, d0, du, dv = g[:, 0:3], g[:, 3:6], g[:, 6:9], g[:, 9:12]
-    if bool((du[:, 2] != 0).any() | (dv[:, 0] != 0).any() | (dv[:, 1] != 0).any() | (dv[:, 2] == 0).any()):
+    if bool((du[:, 2] != 0).any() or (dv[:, 0:2] != 0).any() or (dv[:, 2] == 0).any()):
         return None
     # The column map's denominator (a cross product with the column step) must keep its sign on the
     # in-plane box one voxel beyond the volume, where the gather evaluates it.
-    corners = torch.tensor([[-1.0, -1.0], [width, -1.0], [-1.0, height], [width, height]], dtype=torch.float64)
+    corners = torch.tensor([[-1, -1], [width, -1], [-1, height], [width, height]], dtype=torch.float64)
     px = corners[None, :, 0] - src[:, None, 0]
     py = corners[None, :, 1] - src[:, None, 1]
     denominator = px * du[:, None, 1] - py * du[:, None, 0]
@@ -540,7 +544,8 @@ def _gather(proj, geo, plan: GatherPlan, vol_shape, voxel_size, ray_bound, combi
     largest, values = _ray_values(proj.contiguous(), geo, voxel_size, store=True)
     fixed = _fixed_unit(largest, views * rows * cols if ray_bound is None else ray_bound, combine)
     acc = torch.empty((depth, height, width), dtype=torch.int64, device=proj.device)
-    block = min(slices, triton.next_power_of_2(depth))
+    # At least 16 lanes: Triton handles blocks of a few elements poorly.
+    block = max(min(slices, triton.next_power_of_2(depth)), 16)
     grid = (height * width, triton.cdiv(depth, block))
     _gather_kernel[grid](
         values, acc, geo, fixed, views, rows, cols, depth, height, width, plan.slack,

@@ -65,7 +65,8 @@ def test_forward_matches_float64_torch_and_tiles_do_not_change_it(kernels, gen):
     x = torch.rand(GEOMETRY.volume_shape, generator=gen, dtype=torch.float64)
     y = kernels.forward(x.float().to(DEVICE), _vectors(None), DET, GEOMETRY.voxel_size)
     assert _relative(y, _torch_forward(x, index_space_vectors(GEOMETRY, None), DET, 1.0)) < 2e-6
-    assert torch.equal(kernels.forward(x.float().to(DEVICE), _vectors(None), DET, 1.0, tile=(16, 16), num_warps=2), y)
+    retiled = kernels.forward(x.float().to(DEVICE), _vectors(None), DET, 1.0, tile=(16, 16), num_warps=2)
+    assert torch.equal(retiled, y)
 
 
 def test_gather_adjoint_matches_float64_torch_is_the_transpose_and_repeats_bitwise(kernels, gen):
@@ -95,9 +96,6 @@ def test_gather_weights_are_the_forward_weights_bitwise(kernels):
     scattered = kernels.adjoint_scatter(y, vecs, GEOMETRY.volume_shape, 1.0)
     assert scattered.count_nonzero() > 8
     assert torch.equal(kernels.adjoint_gather(y, vecs, GEOMETRY.volume_shape, 1.0), scattered)
-    # Blocks of slices of any size give the same voxels.
-    one = kernels.adjoint_gather(y[:1], vecs[:1], GEOMETRY.volume_shape, 1.0, slices=2, num_warps=1)
-    assert torch.equal(one, kernels.adjoint_scatter(y[:1], vecs[:1], GEOMETRY.volume_shape, 1.0))
 
 
 class _BlockCombine:
