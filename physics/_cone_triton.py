@@ -43,8 +43,8 @@ FORWARD_WARPS = 4
 # Gather: slices per program (at most; fewer, down to 16, for thin volumes), and warps per program.
 GATHER_SLICES = 256
 GATHER_WARPS = 2
-# Scatter and the per-ray value table: detector cells per program.
-RAY_TILE = (16, 32)
+# Per-ray value table: (rows, columns) of detector cells per program; scatter: cells per program.
+RAY_TILE = (32, 32)
 SCATTER_BLOCK = 128
 # Voxels per program of the fixed-point to float conversion.
 CONVERT_BLOCK = 1024
@@ -187,9 +187,15 @@ def _ray_values_kernel(
 ):
     """Per ray, y * length * scale, into values [V, cols, rows] if STORE (column-major per view: the
     gather reads neighbouring rows of one column); per program, the largest magnitude (infinite
-    where one is NaN or infinite), a bound on any one contribution of the adjoint."""
+    where one is NaN or infinite), a bound on any one contribution of the adjoint.
+
+    The tile is [columns, rows], so that Triton reads y along columns and writes values along rows.
+    """
     view = tl.program_id(1)
-    r, c, cell = _tile_cells(tile_cols, rows, cols, TILE_R, TILE_C)
+    tile = tl.program_id(0)
+    r = (tile // tile_cols) * TILE_R + tl.arange(0, TILE_R)[None, :]
+    c = (tile % tile_cols) * TILE_C + tl.arange(0, TILE_C)[:, None]
+    cell = (r < rows) & (c < cols)
     sx, sy, sz, di, dj, dl = _ray_direction(geo_ptr, view, r.to(tl.float32), c.to(tl.float32))
     xdom, inv_dk, ra, rz, sk, sa = _joseph_params(sx, sy, sz, di, dj, dl)
     plane = view.to(tl.int64) * rows * cols
@@ -199,7 +205,8 @@ def _ray_values_kernel(
         tl.store(values_ptr + plane + c * rows + r, value, mask=cell)
     magnitude = tl.abs(value)
     magnitude = tl.where(magnitude < float("inf"), magnitude, float("inf"))
-    tl.store(bound_ptr + view * tl.num_programs(0) + tl.program_id(0), tl.reduce(magnitude, 0, _maximum))
+    largest = tl.reduce(tl.reduce(magnitude, 1, _maximum), 0, _maximum)
+    tl.store(bound_ptr + view * tl.num_programs(0) + tile, largest)
 
 
 @triton.jit
