@@ -37,8 +37,8 @@ from physics.cone_beam import index_space_vectors  # noqa: E402
 
 # (detector tile, warps) of the forward and (slices, warps) of the gather tried by the sweep.
 FORWARD_SWEEP = [((8, 16), 4), ((16, 16), 4), ((16, 16), 8), ((4, 32), 4), ((8, 32), 4), ((8, 32), 8),
-                 ((16, 32), 8)]
-GATHER_SWEEP = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8)]
+                 ((16, 32), 8), ((32, 32), 8)]
+GATHER_SWEEP = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 1), (256, 2), (256, 4), (256, 8)]
 
 
 def _diffct_operators(geometry: ConeBeamGeometry, views: torch.Tensor, device):

@@ -14,7 +14,9 @@ in one view are found in closed form: the detector columns whose rays cross the 
 within one voxel of it (a projective map of the voxel's neighbours), and on each such column the
 rows whose slice coordinate is within one slice (linear in the row). Each candidate's weight is
 recomputed with exactly the forward's float32 operations and kept only if the forward's bilinear
-test gives this voxel a weight, so the gather applies the transpose of the forward's weights. Each
+test gives this voxel a weight, so the gather applies the transpose of the forward's weights (the
+forward's plane range per tile is widened by a plane on each side, so that it never leaves out a
+plane where that test passes, edge rays included). Each
 voxel adds its contributions of one view in a fixed order, then adds that sum as a 64-bit
 fixed-point integer: the result is bitwise the same on every call, and blocks of views computed
 apart (``combine``) add to bitwise the whole operator's adjoint. Other geometries use the scatter
