@@ -9,8 +9,10 @@ the dot-product test holds to rounding.
 Two backends compute the same numbers: a pure-torch one (any device, float32 or float64; samples
 through ``grid_sample``, whose input gradient is the transposed scatter; rays that miss the volume
 and planes a ray cannot touch are skipped; blocks of ``SAMPLE_BUDGET`` samples bound the memory)
-and Triton kernels (CUDA, float32; the adjoint scatters with 64-bit fixed-point atomic adds, so it
-gives bitwise the same volume on every call), chosen by ``backend="auto"`` when a CUDA float32
+and Triton kernels (CUDA, float32; the adjoint gathers: each voxel adds the weights of its rays,
+found in closed form on a circular orbit, view by view as 64-bit fixed-point integers, so it gives
+bitwise the same volume on every call and view blocks add exactly; other orbits scatter with
+fixed-point atomic adds, equally reproducible), chosen by ``backend="auto"`` when a CUDA float32
 tensor comes and Triton imports. (The torch path's CUDA adjoint, the gradient of ``grid_sample``,
 adds floats atomically and is reproducible only to rounding.)
 
