@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATA_SOURCES), required=True, help="where training slices come from")
     p.add_argument("--volumes", type=Path, nargs="+", default=[], help="volume files for --data nifti")
     p.add_argument("--plane", choices=sorted(PLANES), default=None,
-                   help="slice plane (default: axial for phantom/nifti, coronal for mri)")
+                   help="slice plane (default: axial for phantom, phantom-dr and nifti; coronal for mri and mri-dr)")
     p.add_argument("--intensity", choices=("ct", "minmax"), default="ct", help="intensity map for --data nifti")
     p.add_argument("--template", type=Path, default=None,
                    help="MNI152 template file for --data mri / mri-dr (default: the one inside nilearn; a .pt copy needs no SimpleITK)")

@@ -165,6 +165,22 @@ def polyline(points: Sequence[Sequence[float]], radii: Sequence[float]) -> list[
     return [list(p) + list(q) + [r] for p, q, r in zip(points[:-1], points[1:], radii)]
 
 
+def bowel_loops(d: Draw, count: int, start) -> list[tuple[list[list[float]], bool]]:
+    """``count`` bowel loops: random walks of tube segments from ``start(d)`` (a point in mm), each
+    ``(segments, gas)`` with gas- (True) or fluid-filled lumen."""
+    loops = []
+    for _ in range(count):
+        point = start(d)
+        radius, gas = d.uniform(8, 16), d.chance(0.35)
+        points = [point]
+        for _ in range(d.integer(4, 8)):
+            step = random_direction(d, [0.0, 0.0, 0.0], 1.0)
+            point = [p + d.uniform(15, 25) * s for p, s in zip(point, step)]
+            points.append(point)
+        loops.append((polyline(points, [radius] * (len(points) - 1)), gas))
+    return loops
+
+
 def _draw_anatomy(seed: int) -> SimpleNamespace:
     """All random choices of one patient, drawn in a fixed order from ``seed``."""
     d = Draw(seed)
@@ -266,17 +282,9 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     a.hu_kidney = [d.uniform(140, 190), d.uniform(80, 110)]
     a.psoas_top = a.dome_r - d.uniform(70, 100)
     # Bowel loops: random walks in the anterior lower abdomen, gas- or fluid-filled.
-    a.bowel = []
-    for _ in range(d.integer(4, 9)):
-        point = [a.cx + d.uniform(-0.55, 0.55) * ca, a.cy + d.uniform(-0.7, 0.1) * cb,
-                 d.uniform(-240, a.dome_r - 100)]
-        radius, gas = d.uniform(8, 16), d.chance(0.35)
-        points = [point]
-        for _ in range(d.integer(4, 8)):
-            step = random_direction(d, [0.0, 0.0, 0.0], 1.0)
-            point = [p + d.uniform(15, 25) * s for p, s in zip(point, step)]
-            points.append(point)
-        a.bowel.append((polyline(points, [radius] * (len(points) - 1)), gas))
+    a.bowel = bowel_loops(d, d.integer(4, 9), lambda d: [a.cx + d.uniform(-0.55, 0.55) * ca,
+                                                         a.cy + d.uniform(-0.7, 0.1) * cb,
+                                                         d.uniform(-240, a.dome_r - 100)])
     a.hu_bowel_fluid = d.uniform(5, 30)
     # Spine: vertebral period, disc fraction, kyphosis, sizes; bone densities.
     a.vert_period, a.vert_phase = d.uniform(24, 30), d.uniform(0, 30)

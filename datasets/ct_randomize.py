@@ -8,9 +8,10 @@ alone (a random stream separate from the anatomy's), on any device:
    ``CTRandomization.regions``; with probability ``plain`` the volume is instead exactly the original
    training phantom (``ct_phantom.whole_phantom``: 3 mm pixels at 128, the whole anatomy along z), so the
    original distribution stays represented;
-2. geometry: in-plane spacing log-uniform over the region's range (about 0.5 to 3.4 mm per pixel at
-   128 px, i.e. fields of view of 64 to 435 mm), the grid centre shifted in-plane (small fields of
-   view cut the body), a z spacing of 1 to 5 mm and a random z window of the region;
+2. geometry: in-plane spacing log-uniform over the region's usual range (about 1.1 to 3.6 mm per
+   pixel at 128 px), or with probability ``zoom_in`` over its zoomed-in range (down to 0.45 mm, a
+   58 mm field of view), the grid centre shifted in-plane (small fields of view cut the body), a z
+   spacing of 1 to 5 mm and a random z window of the region;
 3. inserts: with probability ``insert_chance``, 1 to 4 ellipsoids of random size, orientation and
    HU (lesion, cyst or fat, calcification, air, contrast; no metal) inside the body;
 4. slice thickness: a Gaussian blur along z of FWHM ``thickness_mm`` (no blur when it is below the
@@ -44,22 +45,23 @@ _STREAM = 1 << 40
 
 @dataclass(frozen=True)
 class Region:
-    """One body region: its generator, z range of grid centres (mm), in-plane spacing range (mm),
-    z extent (mm) and the semi-axes (x, y) of the body (mm), which bound the in-plane shift."""
+    """One body region: its generator, z range of grid centres (mm), in-plane spacings (mm) at 128 px
+    (zoomed in: ``spacing[0]``..``spacing[1]``; usual: ``spacing[1]``..``spacing[2]``), z extent (mm)
+    and the semi-axes (x, y) of the body (mm), which bound the in-plane shift."""
 
     generate: Callable
     z_centers: tuple[float, float]
-    spacing: tuple[float, float]
+    spacing: tuple[float, float, float]
     height: float
     body: tuple[float, float]
 
 
 REGIONS: dict[str, Region] = {
-    "chest": Region(ct_phantom.generate_phantom, (-60.0, 180.0), (0.6, 3.4), 480.0, (150.0, 110.0)),
-    "abdomen": Region(ct_phantom.generate_phantom, (-230.0, -60.0), (0.6, 3.4), 480.0, (150.0, 110.0)),
-    "head": Region(ct_regions.generate_head, (-110.0, 90.0), (0.45, 2.4), 250.0, (70.0, 90.0)),
-    "pelvis": Region(ct_regions.generate_pelvis, (-150.0, 200.0), (0.6, 3.6), 400.0, (170.0, 120.0)),
-    "objects": Region(ct_regions.generate_objects, (-60.0, 60.0), (0.8, 3.0), 200.0, (80.0, 80.0)),
+    "chest": Region(ct_phantom.generate_phantom, (-60.0, 180.0), (0.6, 1.5, 3.4), 480.0, (150.0, 110.0)),
+    "abdomen": Region(ct_phantom.generate_phantom, (-230.0, -60.0), (0.6, 1.5, 3.4), 480.0, (150.0, 110.0)),
+    "head": Region(ct_regions.generate_head, (-110.0, 90.0), (0.45, 1.1, 2.4), 250.0, (70.0, 90.0)),
+    "pelvis": Region(ct_regions.generate_pelvis, (-150.0, 200.0), (0.6, 1.6, 3.6), 400.0, (170.0, 120.0)),
+    "objects": Region(ct_regions.generate_objects, (-60.0, 60.0), (0.8, 1.2, 3.0), 200.0, (80.0, 80.0)),
 }
 
 # Knots of the HU remap (step 5), in HU: air, lung, -500, fat, water, soft tissue, and bone.
@@ -73,6 +75,7 @@ class CTRandomization:
     regions: dict[str, float] = field(default_factory=lambda: {
         "chest": 0.3, "abdomen": 0.15, "head": 0.25, "pelvis": 0.18, "objects": 0.12})
     plain: float = 0.25
+    zoom_in: float = 0.25
     z_spacing_mm: tuple[float, float] = (1.0, 5.0)
     thickness_mm: tuple[float, float] = (0.5, 6.0)
     insert_chance: float = 0.35
@@ -111,7 +114,8 @@ def draw_plan(seed: int, shape: Sequence[int] = (64, 128, 128),
         return {"region": "plain", "spacing": spacing, "xy_center": (0.0, 0.0), "z_center": 0.0}
     region = REGIONS[name]
     # Geometry: zoom (in-plane spacing), in-plane shift, z spacing and window.
-    lo, hi = region.spacing
+    lo, mid, hi = region.spacing
+    lo, hi = (lo, mid) if draw.chance(settings.zoom_in) else (mid, hi)
     sxy = math.exp(draw.uniform(math.log(lo), math.log(hi))) * 128 / w
     fov = sxy * w
     shift = tuple(draw.uniform(-1, 1) * max(10.0, r * 0.9 - fov / 4) for r in region.body)

@@ -39,11 +39,11 @@ from datasets.ct_phantom import (
     Canvas,
     Draw,
     add_texture,
+    bowel_loops,
     checked_grid,
     ellipse_sd,
     polyline,
     profile,
-    random_direction,
 )
 
 
@@ -275,17 +275,8 @@ def _draw_pelvis(seed: int) -> SimpleNamespace:
     a.uterus_shape = [a.cy + d.uniform(5, 20), d.uniform(-15, 15), d.uniform(18, 30), d.uniform(15, 24),
                       d.uniform(18, 30)]
     a.hu_organ = d.uniform(40, 70)
-    a.bowel = []
-    for _ in range(d.integer(3, 8)):
-        point = [a.cx + d.uniform(-0.5, 0.5) * a.body_a, a.cy + d.uniform(-0.6, 0.1) * a.body_b,
-                 d.uniform(50, 220)]
-        radius, gas = d.uniform(8, 16), d.chance(0.35)
-        points = [point]
-        for _ in range(d.integer(4, 8)):
-            step = random_direction(d, [0.0, 0.0, 0.0], 1.0)
-            point = [p + d.uniform(15, 25) * s for p, s in zip(point, step)]
-            points.append(point)
-        a.bowel.append((polyline(points, [radius] * (len(points) - 1)), gas))
+    a.bowel = bowel_loops(d, d.integer(3, 8), lambda d: [a.cx + d.uniform(-0.5, 0.5) * a.body_a,
+                                                         a.cy + d.uniform(-0.6, 0.1) * a.body_b, d.uniform(50, 220)])
     a.hu_fluid = d.uniform(5, 30)
     a.contrast = d.chance(0.6)
     a.hu_vessel = d.uniform(120, 300) if a.contrast else d.uniform(35, 50)

@@ -343,11 +343,11 @@ SEQUENCES = {"T2w": (0.5, (3000.0, 6000.0), (80.0, 120.0)), "PDw": (0.25, (2500.
 def _brain_mr(seed: int, shape: Sequence[int], device, template) -> tuple[torch.Tensor, Meta]:
     from datasets import mri
 
+    if len(set(shape)) != 1:
+        raise ValueError(f"brain-mr shape {tuple(shape)}: a cube (N, N, N) is accepted")
     rng = np.random.default_rng(seed)
     volume, meta = mri.load_template(template, device)
     size = shape[0]
-    if len(set(shape)) != 1:
-        raise ValueError(f"brain-mr shape {tuple(shape)}: a cube (N, N, N) is accepted")
     augmenter = mri.MRIAugmenter(volume, meta, shape, mri.OUTPUT_SPACING * mri.OUTPUT_SHAPE[0] / size)
     t1 = augmenter.warp(seed)
     # Soft memberships: background below the CSF level fades out; triangles between class levels.
