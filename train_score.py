@@ -9,8 +9,12 @@ with a linear learning-rate warm-up and gradient-norm clipping; an EMA of the we
 autocast with channels_last tensors, optionally through ``torch.compile``.
 
 Data sources (``--data``): ``phantom`` (axial slices of CT phantoms made on the training device
-from training seeds only), ``mri`` (slices of the augmented MNI152 template in ``--plane``, coronal by
-default, training seeds only), ``nifti`` (slices of the volumes given with ``--volumes``).
+from training seeds only), ``phantom-dr`` (axial slices of domain-randomised CT: chest, abdomen, head,
+pelvis and test objects over the clinical range of fields of view, slice thicknesses, scanner HU
+scales, drifts, noise textures and inserts; ``datasets.ct_randomize``), ``mri`` (slices of the
+augmented MNI152 template in ``--plane``, coronal by default, training seeds only), ``mri-dr`` (the
+same with T1/T2/PD/FLAIR-like contrasts, bias fields, lower resolution and Rician noise;
+``datasets.mri.MRIAppearance``), ``nifti`` (slices of the volumes given with ``--volumes``).
 
 A run directory holds everything and makes the run resumable across calls::
 
@@ -43,7 +47,8 @@ from pathlib import Path
 import torch
 
 import models
-from datasets.slices import PLANES, MRISlices, NiftiSlices, PhantomSlices
+from datasets.mri import MRIAppearance
+from datasets.slices import PLANES, MRISlices, NiftiSlices, PhantomSlices, RandomizedCTSlices
 
 SAMPLING_EPS = 1e-5  # score_sde's lower end of t in training and sampling (continuous VE).
 
@@ -64,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATA_SOURCES), required=True, help="where training slices come from")
     p.add_argument("--volumes", type=Path, nargs="+", default=[], help="volume files for --data nifti")
     p.add_argument("--plane", choices=sorted(PLANES), default=None,
-                   help="slice plane (default: axial for phantom/nifti, coronal for mri)")
+                   help="slice plane (default: axial for phantom, phantom-dr and nifti; coronal for mri and mri-dr)")
     p.add_argument("--intensity", choices=("ct", "minmax"), default="ct", help="intensity map for --data nifti")
     p.add_argument("--template", type=Path, default=None,
-                   help="MNI152 template file for --data mri (default: the one inside nilearn; a .pt copy needs no SimpleITK)")
+                   help="MNI152 template file for --data mri / mri-dr (default: the one inside nilearn; a .pt copy needs no SimpleITK)")
     p.add_argument("--run-dir", type=Path, required=True, help="run directory (checkpoints, logs, samples)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from the latest checkpoint in --run-dir")
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-data-seed", type=int, default=0, help="seed of the first phantom / augmentation (training range only)")
     p.add_argument("--pool-size", type=int, default=32, help="volumes kept in the on-the-fly pool")
     p.add_argument("--refresh-every", type=int, default=8, help="batches between replacing the oldest pool volume")
-    p.add_argument("--pool-depth", type=int, default=64, help="axial slices per phantom volume in the pool")
+    p.add_argument("--pool-depth", type=int, default=64, help="axial slices per CT volume in the pool")
     p.add_argument("--log-every", type=int, default=100, help="steps between loss-log lines")
     p.add_argument("--ckpt-minutes", type=float, default=4.0, help="minutes between checkpoints (also saved at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoint pairs kept in the run directory")
@@ -114,9 +119,19 @@ def _phantom_source(args, size, device):
                          first_seed=args.first_data_seed, device=device, depth=args.pool_depth)
 
 
-def _mri_source(args, size, device):
+def _randomized_ct_source(args, size, device):
+    return RandomizedCTSlices(pool_size=args.pool_size, refresh_every=args.refresh_every, size=size,
+                              first_seed=args.first_data_seed, device=device, depth=args.pool_depth)
+
+
+def _mri_source(args, size, device, appearance=None):
     return MRISlices(pool_size=args.pool_size, refresh_every=args.refresh_every, size=size,
-                     first_seed=args.first_data_seed, device=device, plane=args.plane, template=args.template)
+                     first_seed=args.first_data_seed, device=device, plane=args.plane, template=args.template,
+                     appearance=appearance)
+
+
+def _randomized_mri_source(args, size, device):
+    return _mri_source(args, size, device, MRIAppearance())
 
 
 def _nifti_source(args, size, device):
@@ -125,8 +140,9 @@ def _nifti_source(args, size, device):
     return NiftiSlices(args.volumes, args.plane, size, args.intensity).to(device)
 
 
-DATA_SOURCES: dict[str, Callable] = {"phantom": _phantom_source, "mri": _mri_source, "nifti": _nifti_source}
-DEFAULT_PLANE = {"phantom": "axial", "mri": "coronal", "nifti": "axial"}
+DATA_SOURCES: dict[str, Callable] = {"phantom": _phantom_source, "phantom-dr": _randomized_ct_source,
+                                     "mri": _mri_source, "mri-dr": _randomized_mri_source, "nifti": _nifti_source}
+DEFAULT_PLANE = {"phantom": "axial", "phantom-dr": "axial", "mri": "coronal", "mri-dr": "coronal", "nifti": "axial"}
 
 
 def resolve(args: argparse.Namespace):
@@ -135,8 +151,8 @@ def resolve(args: argparse.Namespace):
     if args.sigma_max is not None:
         config.model.sigma_max = float(args.sigma_max)
     args.plane = args.plane or DEFAULT_PLANE[args.data]
-    if args.data == "phantom" and args.plane != "axial":
-        raise ValueError(f"--plane {args.plane}: phantom slices are axial; use --plane axial")
+    if args.data in ("phantom", "phantom-dr") and args.plane != "axial":
+        raise ValueError(f"--plane {args.plane}: {args.data} slices are axial; use --plane axial")
     defaults = {"max_steps": config.training.n_iters, "batch_size": config.training.batch_size,
                 "lr": config.optim.lr, "warmup": config.optim.warmup, "grad_clip": config.optim.grad_clip,
                 "weight_decay": config.optim.weight_decay, "ema_rate": config.model.ema_rate, "seed": config.seed}

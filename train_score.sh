@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PRIOR=${PRIOR:-ct_phantom_128}          # ct_phantom_128 | mri_zsr_128
+PRIOR=${PRIOR:-ct_phantom_128}          # ct_phantom_128 | mri_zsr_128 | ct_dr_128 | mri_dr_128
 RUN_DIR=${RUN_DIR:-runs/$PRIOR}         # checkpoints, loss log, sample grids
 MAX_MINUTES=${MAX_MINUTES:-9}           # wall-clock budget of this call (saves and exits before it)
 BATCH_SIZE=${BATCH_SIZE:-128}
@@ -20,9 +20,17 @@ INIT_WEIGHTS=${INIT_WEIGHTS:-}          # exported weights to start a new run fr
 TEMPLATE=${TEMPLATE:-}                  # MRI: template copy (python -m datasets.mri --save-template --out X.pt)
 PYTHON=${PYTHON:-python}               # the interpreter that has torch
 
-declare -A CONFIGS=([ct_phantom_128]=configs/ve/CT_phantom_128.yaml [mri_zsr_128]=configs/ve/MRI_ZSR_128.yaml)
-# Phantoms take tens of milliseconds each on a GPU, an augmented brain a few: refresh the pools accordingly.
-declare -A SOURCES=([ct_phantom_128]="--data phantom --refresh-every 8" [mri_zsr_128]="--data mri --plane coronal --refresh-every 2")
+# The *_dr_128 priors train the same networks on domain-randomised data (body regions, fields of view, slice
+# thickness, scanner HU scales, noise; MRI contrasts, bias, resolution, noise), e.g. fine-tuned from the
+# shipped priors with INIT_WEIGHTS and a lower learning rate passed as extra arguments.
+declare -A CONFIGS=([ct_phantom_128]=configs/ve/CT_phantom_128.yaml [mri_zsr_128]=configs/ve/MRI_ZSR_128.yaml
+                    [ct_dr_128]=configs/ve/CT_phantom_128.yaml [mri_dr_128]=configs/ve/MRI_ZSR_128.yaml)
+# Phantoms take tens of milliseconds each on a GPU, an augmented brain a few: refresh the pools accordingly;
+# the randomised CT distribution is wider, so its pool is larger and refreshed more often.
+declare -A SOURCES=([ct_phantom_128]="--data phantom --refresh-every 8"
+                    [mri_zsr_128]="--data mri --plane coronal --refresh-every 2"
+                    [ct_dr_128]="--data phantom-dr --pool-size 64 --refresh-every 4"
+                    [mri_dr_128]="--data mri-dr --plane coronal --refresh-every 2")
 if [[ -z "${CONFIGS[$PRIOR]:-}" ]]; then
   echo "error: PRIOR=$PRIOR; accepted: ${!CONFIGS[*]}" >&2
   exit 2

@@ -1,1 +1,2 @@
-"""Training data: procedural CT phantoms, the augmented MNI152 MRI template, and 2D slice datasets."""
+"""Training data: procedural CT phantoms (chest and abdomen, head, pelvis, test objects) and their domain
+randomisation, the augmented MNI152 MRI template, and 2D slice datasets."""

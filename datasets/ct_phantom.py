@@ -68,6 +68,12 @@ TISSUES: dict[str, tuple[int, tuple[float, float]]] = {
     "cartilage": (18, (80.0, 180.0)),
     "canal": (19, (0.0, 45.0)),
     "table": (20, (-950.0, 300.0)),
+    # Head and pelvis (datasets.ct_regions).
+    "gray_matter": (21, (30.0, 50.0)),
+    "white_matter": (22, (18.0, 38.0)),
+    "csf": (23, (-5.0, 25.0)),
+    "diploe": (24, (300.0, 900.0)),
+    "marrow": (25, (-120.0, 120.0)),
 }
 _LABEL = {name: label for name, (label, _) in TISSUES.items()}
 
@@ -87,12 +93,16 @@ def default_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
     return (FOV_MM / w, FOV_MM / h, FOV_MM / w)
 
 
-def phantom_meta(shape: Sequence[int], spacing: Sequence[float] | None = None,
-                 z_center: float = 0.0) -> dict[str, tuple[float, ...]]:
-    """Geometry dict (``spacing``, ``origin``, ``direction``, as ``utils.io.write_volume`` takes) of a phantom grid."""
+def phantom_meta(shape: Sequence[int], spacing: Sequence[float] | None = None, z_center: float = 0.0,
+                 xy_center: Sequence[float] = (0.0, 0.0)) -> dict[str, tuple[float, ...]]:
+    """Geometry dict (``spacing``, ``origin``, ``direction``, as ``utils.io.write_volume`` takes) of a phantom grid.
+
+    ``z_center`` and ``xy_center`` (mm) are the position of the grid's centre in patient space.
+    """
     d, h, w = shape
     sx, sy, sz = default_spacing(shape) if spacing is None else tuple(float(s) for s in spacing)
-    origin = (-(w - 1) / 2 * sx, -(h - 1) / 2 * sy, z_center - (d - 1) / 2 * sz)
+    cx, cy = (float(c) for c in xy_center)
+    origin = (cx - (w - 1) / 2 * sx, cy - (h - 1) / 2 * sy, z_center - (d - 1) / 2 * sz)
     return {"spacing": (sx, sy, sz), "origin": origin, "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
 
 
@@ -100,7 +110,7 @@ def phantom_meta(shape: Sequence[int], spacing: Sequence[float] | None = None,
 # Drawing the anatomy: plain numbers and tube segments in mm, independent of any voxel grid.
 # ----------------------------------------------------------------------------------------------
 
-class _Draw:
+class Draw:
     """Uniform draws from one seeded CPU generator, fetched in blocks (thousands are needed per patient)."""
 
     def __init__(self, seed: int):
@@ -127,14 +137,14 @@ class _Draw:
         return torch.randn(tuple(shape), generator=self.gen)
 
 
-def _direction(draw: _Draw, base: Sequence[float], spread: float) -> list[float]:
+def random_direction(draw: Draw, base: Sequence[float], spread: float) -> list[float]:
     """A unit vector near ``base`` (perturbed by up to ``spread`` in each component)."""
     v = [b + draw.uniform(-spread, spread) for b in base]
     norm = math.sqrt(sum(c * c for c in v)) or 1.0
     return [c / norm for c in v]
 
 
-def _tree(draw: _Draw, root: Sequence[float], directions: list[list[float]], length: float, radius: float,
+def _tree(draw: Draw, root: Sequence[float], directions: list[list[float]], length: float, radius: float,
           depth: int, spread: float) -> list[list[float]]:
     """Segments ``[x0, y0, z0, x1, y1, z1, r]`` of a branching tree: each branch splits in two."""
     segments = []
@@ -145,19 +155,35 @@ def _tree(draw: _Draw, root: Sequence[float], directions: list[list[float]], len
         segments.append(start + end + [seg_r])
         if level > 1:
             for _ in range(2):
-                stack.append((end, _direction(draw, direction, spread), seg_len * draw.uniform(0.7, 0.85),
+                stack.append((end, random_direction(draw, direction, spread), seg_len * draw.uniform(0.7, 0.85),
                               max(1.8, seg_r * draw.uniform(0.68, 0.8)), level - 1))
     return segments
 
 
-def _polyline(points: Sequence[Sequence[float]], radii: Sequence[float]) -> list[list[float]]:
+def polyline(points: Sequence[Sequence[float]], radii: Sequence[float]) -> list[list[float]]:
     """Segments joining consecutive points; segment i has radius ``radii[i]``."""
     return [list(p) + list(q) + [r] for p, q, r in zip(points[:-1], points[1:], radii)]
 
 
+def bowel_loops(d: Draw, count: int, start) -> list[tuple[list[list[float]], bool]]:
+    """``count`` bowel loops: random walks of tube segments from ``start(d)`` (a point in mm), each
+    ``(segments, gas)`` with gas- (True) or fluid-filled lumen."""
+    loops = []
+    for _ in range(count):
+        point = start(d)
+        radius, gas = d.uniform(8, 16), d.chance(0.35)
+        points = [point]
+        for _ in range(d.integer(4, 8)):
+            step = random_direction(d, [0.0, 0.0, 0.0], 1.0)
+            point = [p + d.uniform(15, 25) * s for p, s in zip(point, step)]
+            points.append(point)
+        loops.append((polyline(points, [radius] * (len(points) - 1)), gas))
+    return loops
+
+
 def _draw_anatomy(seed: int) -> SimpleNamespace:
     """All random choices of one patient, drawn in a fixed order from ``seed``."""
-    d = _Draw(seed)
+    d = Draw(seed)
     a = SimpleNamespace()
     # Body outline, layers and the inner cavity (the cavity size is used to place organs).
     a.body_a, a.body_b = d.uniform(132, 165), d.uniform(95, 122)
@@ -190,14 +216,14 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     lung_segments = []
     for side in (-1.0, 1.0):
         hilum = [a.cx + side * d.uniform(0.2, 0.28) * ca, a.cy + d.uniform(-0.05, 0.15) * cb, hilum_z]
-        primaries = [_direction(d, [side * 0.7, d.uniform(-0.7, 0.7), d.uniform(-1.2, 1.2)], 0.3)
+        primaries = [random_direction(d, [side * 0.7, d.uniform(-0.7, 0.7), d.uniform(-1.2, 1.2)], 0.3)
                      for _ in range(d.integer(7, 11))]
         lung_segments += _tree(d, hilum, primaries, d.uniform(36, 46), d.uniform(5.0, 6.5), 5, 0.5)
     a.lung_vessels = lung_segments
     # Airways: trachea from the top down to the carina, main bronchi towards the hila.
     carina = [a.cx + d.uniform(-5, 5), a.cy + d.uniform(0.05, 0.2) * cb, hilum_z + d.uniform(15, 30)]
-    a.trachea = _polyline([[carina[0], carina[1] - 5, 400.0], carina], [d.uniform(8, 10)])
-    a.bronchi = [_polyline([carina, [a.cx + side * 0.2 * ca, carina[1] + 5, hilum_z + 5]], [d.uniform(5, 6.5)])[0]
+    a.trachea = polyline([[carina[0], carina[1] - 5, 400.0], carina], [d.uniform(8, 10)])
+    a.bronchi = [polyline([carina, [a.cx + side * 0.2 * ca, carina[1] + 5, hilum_z + 5]], [d.uniform(5, 6.5)])[0]
                  for side in (-1.0, 1.0)]
     # Heart: an ellipsoid on the diaphragm saddle, rotated towards the left, with four chambers.
     a.heart_x, a.heart_y = a.cx + d.uniform(10, 30), a.cy - d.uniform(0.25, 0.4) * cb
@@ -222,11 +248,11 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     r_asc, r_desc = d.uniform(13, 16), d.uniform(10, 12.5)
     aorta_points = [[asc[0], asc[1], a.heart_z1 - 25]] + arch + [
         [desc[0], desc[1], a.dome_l - 40], [a.cx + 0.3 * (desc[0] - a.cx), desc[1] - 8, -300.0]]
-    a.aorta = _polyline(aorta_points, [r_asc] + [r_asc + (r_desc - r_asc) * i / 8 for i in range(8)]
+    a.aorta = polyline(aorta_points, [r_asc] + [r_asc + (r_desc - r_asc) * i / 8 for i in range(8)]
                         + [r_desc, r_desc * 0.85])
     a.hu_aorta = a.hu_chambers[0] + d.uniform(-15, 15)
     ivc_x, ivc_y = a.cx - d.uniform(18, 28), vb_front - d.uniform(6, 12)
-    a.ivc = _polyline([[ivc_x, ivc_y, -300.0], [ivc_x, ivc_y, a.heart_z0 - 20],
+    a.ivc = polyline([[ivc_x, ivc_y, -300.0], [ivc_x, ivc_y, a.heart_z0 - 20],
                        [a.heart_x - 0.6 * a.heart_a, a.heart_y + 0.3 * a.heart_b, a.heart_z0 + 15]],
                       [d.uniform(9, 12)] * 2)
     a.hu_ivc = d.uniform(110, 150)
@@ -237,7 +263,7 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     a.liver_bottom = a.dome_r - d.uniform(130, 175)
     a.hu_liver = d.uniform(50, 70)
     portal = [a.liver_x + 15, a.liver_y + 10, a.dome_r - d.uniform(50, 70)]
-    a.liver_vessels = _tree(d, portal, [_direction(d, [-0.6, d.uniform(-0.5, 0.5), d.uniform(-0.3, 0.7)], 0.4)
+    a.liver_vessels = _tree(d, portal, [random_direction(d, [-0.6, d.uniform(-0.5, 0.5), d.uniform(-0.3, 0.7)], 0.4)
                                         for _ in range(d.integer(3, 5))], d.uniform(30, 45), d.uniform(4, 5.5), 2, 0.6)
     a.hu_portal = d.uniform(130, 170)
     a.gallbladder = d.chance(0.5)
@@ -256,17 +282,9 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     a.hu_kidney = [d.uniform(140, 190), d.uniform(80, 110)]
     a.psoas_top = a.dome_r - d.uniform(70, 100)
     # Bowel loops: random walks in the anterior lower abdomen, gas- or fluid-filled.
-    a.bowel = []
-    for _ in range(d.integer(4, 9)):
-        point = [a.cx + d.uniform(-0.55, 0.55) * ca, a.cy + d.uniform(-0.7, 0.1) * cb,
-                 d.uniform(-240, a.dome_r - 100)]
-        radius, gas = d.uniform(8, 16), d.chance(0.35)
-        points = [point]
-        for _ in range(d.integer(4, 8)):
-            step = _direction(d, [0.0, 0.0, 0.0], 1.0)
-            point = [p + d.uniform(15, 25) * s for p, s in zip(point, step)]
-            points.append(point)
-        a.bowel.append((_polyline(points, [radius] * (len(points) - 1)), gas))
+    a.bowel = bowel_loops(d, d.integer(4, 9), lambda d: [a.cx + d.uniform(-0.55, 0.55) * ca,
+                                                         a.cy + d.uniform(-0.7, 0.1) * cb,
+                                                         d.uniform(-240, a.dome_r - 100)])
     a.hu_bowel_fluid = d.uniform(5, 30)
     # Spine: vertebral period, disc fraction, kyphosis, sizes; bone densities.
     a.vert_period, a.vert_phase = d.uniform(24, 30), d.uniform(0, 30)
@@ -279,34 +297,34 @@ def _draw_anatomy(seed: int) -> SimpleNamespace:
     a.hu_rib = d.uniform(500, 750)
     a.sternum_low = a.heart_z0 - d.uniform(10, 30)
     # Texture control points (one coarse and one fine grid over the whole anatomy).
-    a.texture_coarse, a.texture_fine = d.normal(_COARSE.shape), d.normal(_FINE.shape)
+    a.texture_coarse, a.texture_fine = d.normal(COARSE.shape), d.normal(FINE.shape)
     return a
 
 
 class _ControlGrid(SimpleNamespace):
     """A regular control grid over the anatomy's bounding box: start (x, y, z) mm, step mm, shape (z, y, x)."""
 
-    def matrices(self, canvas: _Canvas) -> list[torch.Tensor]:
+    def matrices(self, canvas: Canvas) -> list[torch.Tensor]:
         return [bspline_matrix(c, s, self.step, n) for c, s, n in
                 zip((canvas.z, canvas.y, canvas.x), self.start[::-1], self.shape)]
 
 
-_COARSE = _ControlGrid(start=(-200.0, -200.0, -320.0), step=24.0, shape=(28, 18, 18))
-_FINE = _ControlGrid(start=(-200.0, -200.0, -320.0), step=8.0, shape=(81, 51, 51))
+COARSE = _ControlGrid(start=(-200.0, -200.0, -320.0), step=24.0, shape=(28, 18, 18))
+FINE = _ControlGrid(start=(-200.0, -200.0, -320.0), step=8.0, shape=(81, 51, 51))
 
 
 # ----------------------------------------------------------------------------------------------
 # Rendering: soft (partial-volume) masks painted in anatomical order onto a voxel grid.
 # ----------------------------------------------------------------------------------------------
 
-def _sines(z: torch.Tensor, terms) -> torch.Tensor:
+def sines(z: torch.Tensor, terms) -> torch.Tensor:
     out = torch.zeros_like(z)
     for amplitude, period, phase in terms:
         out = out + amplitude * torch.sin(z * (2 * math.pi / period) + phase)
     return out
 
 
-def _ellipse_sd(x: torch.Tensor, y: torch.Tensor, cx, cy, a, b, theta: float = 0.0) -> torch.Tensor:
+def ellipse_sd(x: torch.Tensor, y: torch.Tensor, cx, cy, a, b, theta: float = 0.0) -> torch.Tensor:
     """Approximate signed distance (mm, positive inside) to an ellipse; first-order exact at its border."""
     dx, dy = x - cx, y - cy
     if theta:
@@ -319,7 +337,7 @@ def _ellipse_sd(x: torch.Tensor, y: torch.Tensor, cx, cy, a, b, theta: float = 0
 class _Region:
     """A box of the canvas (z, y, x slices) with its coordinate vectors, broadcastable as [d, h, w]."""
 
-    def __init__(self, canvas: _Canvas, ks: slice, rows: slice, cols: slice):
+    def __init__(self, canvas: Canvas, ks: slice, rows: slice, cols: slice):
         self.index = (ks, rows, cols)
         self.X, self.Y, self.Z = canvas.X[..., cols], canvas.Y[:, rows], canvas.Z[ks]
 
@@ -328,14 +346,14 @@ class _Region:
         return t[tuple(i if n > 1 else slice(None) for i, n in zip(self.index, t.shape))]
 
 
-class _Canvas:
+class Canvas:
     """The voxel grid, the HU volume and (optionally) the label map being painted."""
 
-    def __init__(self, shape, spacing, z_center, device, labels: bool):
+    def __init__(self, shape, spacing, z_center, device, labels: bool, xy_center: Sequence[float] = (0.0, 0.0)):
         d, h, w = shape
         self.shape, self.spacing = (d, h, w), spacing
         sx, sy, sz = spacing
-        ox, oy, oz = phantom_meta(shape, spacing, z_center)["origin"]
+        ox, oy, oz = phantom_meta(shape, spacing, z_center, xy_center)["origin"]
         kw = {"device": device, "dtype": torch.float32}
         self.x = ox + sx * torch.arange(w, **kw)
         self.y = oy + sy * torch.arange(h, **kw)
@@ -442,26 +460,26 @@ def _split_segments(seg: torch.Tensor, max_len: float) -> torch.Tensor:
     return torch.cat([p0 + (p1 - p0) * k / n, p0 + (p1 - p0) * (k + 1) / n, seg[rows, 6:7]], dim=1)
 
 
-def _profile(z: torch.Tensor, z_lo: float, z_hi: float, power: float = 0.5, skew: float = 0.0) -> torch.Tensor:
+def profile(z: torch.Tensor, z_lo: float, z_hi: float, power: float = 0.5, skew: float = 0.0) -> torch.Tensor:
     """Cross-section scale of an organ along z: 0 outside ``[z_lo, z_hi]``, an ellipsoid-like bump inside."""
     mid, half = (z_lo + z_hi) / 2, (z_hi - z_lo) / 2
     t = (z - mid) / half
     return ((1 - t * t).clamp_min(0) ** power * (1 + skew * t)).clamp_min(1e-3)
 
 
-def _around(cx: float, cy: float, radius: float) -> dict:
-    """In-plane box arguments of :meth:`_Canvas.region` for a disc of ``radius`` mm around (cx, cy)."""
+def around(cx: float, cy: float, radius: float) -> dict:
+    """In-plane box arguments of :meth:`Canvas.region` for a disc of ``radius`` mm around (cx, cy)."""
     return {"x": (cx - radius, cx + radius), "y": (cy - radius, cy + radius)}
 
 
-def _render(a: SimpleNamespace, cv: _Canvas) -> None:
+def _render(a: SimpleNamespace, cv: Canvas) -> None:
     """Paint the patient ``a`` onto the canvas, outside in, each tissue over the ones it displaces."""
     X, Y, Z = cv.X, cv.Y, cv.Z
     full = cv.all
     # Body outline: an ellipse that breathes along z, flattened at the back where it lies on the table.
-    body_a = a.body_a * (1 + _sines(Z, a.body_a_wave)) + a.shoulder * torch.sigmoid((Z - a.dome_r - 140) / 20)
-    body_b = a.body_b * (1 + _sines(Z, a.body_b_wave)) + a.belly * torch.exp(-(((Z + 120) / 70) ** 2))
-    cx, cy = a.cx + _sines(Z, a.center_wave), a.cy + 0.5 * _sines(Z, a.center_wave[::-1])
+    body_a = a.body_a * (1 + sines(Z, a.body_a_wave)) + a.shoulder * torch.sigmoid((Z - a.dome_r - 140) / 20)
+    body_b = a.body_b * (1 + sines(Z, a.body_b_wave)) + a.belly * torch.exp(-(((Z + 120) / 70) ** 2))
+    cx, cy = a.cx + sines(Z, a.center_wave), a.cy + 0.5 * sines(Z, a.center_wave[::-1])
     y_back = cy + a.back_flat * body_b
     if a.table:
         y_top = a.cy + a.back_flat * a.body_b * 1.1 + a.table_gap - X * X / (2 * a.table_radius)
@@ -469,8 +487,8 @@ def _render(a: SimpleNamespace, cv: _Canvas) -> None:
         cv.paint(full, cv.ramp(torch.minimum(depth, 40 - depth)), -850.0, "table")
         shell = cv.ramp(torch.minimum(depth, 5 - depth)) + cv.ramp(torch.minimum(depth - 34, 40 - depth))
         cv.paint(full, shell.clamp_(0, 1), 150.0, "table")
-    body_sd = torch.minimum(_ellipse_sd(X, Y, cx, cy, body_a, body_b), y_back - Y)
-    fat = a.fat * (1 + _sines(Z, a.fat_wave)) * (1 - 0.35 * (Y - cy) / body_b)
+    body_sd = torch.minimum(ellipse_sd(X, Y, cx, cy, body_a, body_b), y_back - Y)
+    fat = a.fat * (1 + sines(Z, a.fat_wave)) * (1 - 0.35 * (Y - cy) / body_b)
     cv.paint(full, cv.ramp(body_sd), a.hu_skin, "skin")
     cv.paint(full, cv.ramp(body_sd - a.skin), a.hu_fat, "fat")
     cv.paint(full, cv.ramp(body_sd - a.skin - fat), a.hu_muscle, "muscle")
@@ -503,13 +521,13 @@ def _render(a: SimpleNamespace, cv: _Canvas) -> None:
     cv.paint_tubes(a.trachea + a.bronchi, HU_AIR, "air")
 
     # Heart: pericardial fat, myocardium, then the contrast-filled chambers in heart coordinates.
-    reg = cv.region((a.heart_z0, a.heart_z1), **_around(a.heart_x, a.heart_y, max(a.heart_a, a.heart_b) + 10))
+    reg = cv.region((a.heart_z0, a.heart_z1), **around(a.heart_x, a.heart_y, max(a.heart_a, a.heart_b) + 10))
     if reg is not None:
-        scale = _profile(reg.Z, a.heart_z0, a.heart_z1, 0.5, -0.25)
+        scale = profile(reg.Z, a.heart_z0, a.heart_z1, 0.5, -0.25)
         args = (reg.X, reg.Y, a.heart_x, a.heart_y)
-        cv.paint(reg, cv.ramp(_ellipse_sd(*args, (a.heart_a + 6) * scale, (a.heart_b + 6) * scale, a.heart_theta)),
+        cv.paint(reg, cv.ramp(ellipse_sd(*args, (a.heart_a + 6) * scale, (a.heart_b + 6) * scale, a.heart_theta)),
                  a.hu_cavity, "fat")
-        cv.paint(reg, cv.ramp(_ellipse_sd(*args, a.heart_a * scale, a.heart_b * scale, a.heart_theta)), a.hu_myo,
+        cv.paint(reg, cv.ramp(ellipse_sd(*args, a.heart_a * scale, a.heart_b * scale, a.heart_theta)), a.hu_myo,
                  "myocardium")
         c, s = math.cos(a.heart_theta), math.sin(a.heart_theta)
         span = a.heart_z1 - a.heart_z0
@@ -517,10 +535,10 @@ def _render(a: SimpleNamespace, cv: _Canvas) -> None:
             (0.3, 0.15, 0.42, 0.45, 0.05, 0.7), (-0.05, 0.55, 0.4, 0.35, 0.5, 0.98),
             (-0.35, -0.25, 0.42, 0.42, 0.05, 0.75), (-0.6, 0.25, 0.3, 0.38, 0.35, 0.9)]
         for (u, v, sa, sb, f0, f1), hu in zip(chambers, a.hu_chambers):
-            inner = _profile(reg.Z, a.heart_z0 + f0 * span, a.heart_z0 + f1 * span, 0.5)
+            inner = profile(reg.Z, a.heart_z0 + f0 * span, a.heart_z0 + f1 * span, 0.5)
             x0 = a.heart_x + c * u * a.heart_a - s * v * a.heart_b
             y0 = a.heart_y + s * u * a.heart_a + c * v * a.heart_b
-            sd = _ellipse_sd(reg.X, reg.Y, x0, y0, sa * a.heart_a * inner, sb * a.heart_b * inner, a.heart_theta)
+            sd = ellipse_sd(reg.X, reg.Y, x0, y0, sa * a.heart_a * inner, sb * a.heart_b * inner, a.heart_theta)
             cv.paint(reg, cv.ramp(sd), hu, "contrast_blood")
     cv.paint_tubes(a.aorta, a.hu_aorta, "contrast_blood")
     cv.paint_tubes(a.ivc, a.hu_ivc, "contrast_blood")
@@ -528,9 +546,16 @@ def _render(a: SimpleNamespace, cv: _Canvas) -> None:
     _render_spine(a, cv, y_back)
     _render_ribs(a, cv, cx, cy, cavity_sd, body_b)
 
-    # Texture: two smooth random fields, scaled per intensity band, fixed in patient space.
-    field = 0.7 * interpolate_grid(a.texture_coarse.to(cv.vol.device), _COARSE.matrices(cv))
-    field += 1.2 * interpolate_grid(a.texture_fine.to(cv.vol.device), _FINE.matrices(cv))
+    add_texture(cv, a.texture_coarse, a.texture_fine)
+
+
+def add_texture(cv: Canvas, coarse: torch.Tensor, fine: torch.Tensor) -> None:
+    """Add two smooth random fields (control values on ``COARSE`` and ``FINE``), scaled per intensity band.
+
+    The fields are fixed in patient space, so a window of the anatomy has the same texture as the whole.
+    """
+    field = 0.7 * interpolate_grid(coarse.to(cv.vol.device), COARSE.matrices(cv))
+    field += 1.2 * interpolate_grid(fine.to(cv.vol.device), FINE.matrices(cv))
     bands = torch.tensor(_TEXTURE_BANDS, device=cv.vol.device)
     amplitude = torch.tensor(_TEXTURE_AMPLITUDE, device=cv.vol.device)[torch.bucketize(cv.vol, bands)]
     cv.vol.add_(amplitude * field)
@@ -544,65 +569,67 @@ def _dome(a: SimpleNamespace, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return torch.maximum(right, left)
 
 
-def _render_abdomen(a: SimpleNamespace, cv: _Canvas, below: torch.Tensor) -> None:
+def _render_abdomen(a: SimpleNamespace, cv: Canvas, below: torch.Tensor) -> None:
     """Liver (with portal vessels and gallbladder), spleen, stomach and kidneys, all below the diaphragm."""
-    reg = cv.region((a.liver_bottom, a.dome_r + 5), **_around(a.liver_x, a.liver_y, max(a.liver_a, a.liver_b)))
+    reg = cv.region((a.liver_bottom, a.dome_r + 5), **around(a.liver_x, a.liver_y, max(a.liver_a, a.liver_b)))
     if reg is not None:
-        scale = _profile(reg.Z, a.liver_bottom, a.dome_r + 30, 0.6, 0.5)
-        liver = cv.ramp(_ellipse_sd(reg.X, reg.Y, a.liver_x, a.liver_y, a.liver_a * scale, a.liver_b * scale,
+        scale = profile(reg.Z, a.liver_bottom, a.dome_r + 30, 0.6, 0.5)
+        liver = cv.ramp(ellipse_sd(reg.X, reg.Y, a.liver_x, a.liver_y, a.liver_a * scale, a.liver_b * scale,
                                     a.liver_theta)) * reg.crop(below)
         cv.paint(reg, liver, a.hu_liver, "liver")
         cv.paint(reg, reg.crop(cv.tubes(a.liver_vessels)[0]) * liver, a.hu_portal, "contrast_blood")
         if a.gallbladder:
             gx, gy, gz, gr, gh = a.gb
-            radius = gr * _profile(reg.Z, gz - gh, gz + gh)
-            cv.paint(reg, cv.ramp(_ellipse_sd(reg.X, reg.Y, gx, gy, radius, radius)) * liver, 10.0, "fluid")
+            radius = gr * profile(reg.Z, gz - gh, gz + gh)
+            cv.paint(reg, cv.ramp(ellipse_sd(reg.X, reg.Y, gx, gy, radius, radius)) * liver, 10.0, "fluid")
     px, py, pa, pb, pt, ptop, ph = a.spleen
-    reg = cv.region((ptop - ph, ptop), **_around(px, py, max(pa, pb)))
+    reg = cv.region((ptop - ph, ptop), **around(px, py, max(pa, pb)))
     if reg is not None:
-        scale = _profile(reg.Z, ptop - ph, ptop)
-        sd = _ellipse_sd(reg.X, reg.Y, px, py, pa * scale, pb * scale, pt)
+        scale = profile(reg.Z, ptop - ph, ptop)
+        sd = ellipse_sd(reg.X, reg.Y, px, py, pa * scale, pb * scale, pt)
         cv.paint(reg, cv.ramp(sd) * reg.crop(below), a.hu_spleen, "spleen")
     gx, gy, ga, gb, gtop, gh, level = a.stomach
-    reg = cv.region((gtop - gh, gtop), **_around(gx, gy, max(ga, gb)))
+    reg = cv.region((gtop - gh, gtop), **around(gx, gy, max(ga, gb)))
     if reg is not None:
-        scale = _profile(reg.Z, gtop - gh, gtop, 0.5, 0.3)
-        sd = _ellipse_sd(reg.X, reg.Y, gx, gy, ga * scale, gb * scale, 0.3)
+        scale = profile(reg.Z, gtop - gh, gtop, 0.5, 0.3)
+        sd = ellipse_sd(reg.X, reg.Y, gx, gy, ga * scale, gb * scale, 0.3)
         inside = reg.crop(below)
         cv.paint(reg, cv.ramp(sd) * inside, 40.0, "muscle")
         lumen = cv.ramp(sd - 3) * inside
         cv.paint(reg, lumen, a.hu_bowel_fluid, "fluid")
         cv.paint(reg, lumen * cv.ramp(gy - gb * (1 - 2 * level) - reg.Y), HU_AIR, "gas")
     for kx, ky, ka, kb, kt, kz, kh in a.kidneys:
-        reg = cv.region((kz - kh, kz + kh), **_around(kx, ky, max(ka, kb) + 8))
+        reg = cv.region((kz - kh, kz + kh), **around(kx, ky, max(ka, kb) + 8))
         if reg is None:
             continue
-        scale = _profile(reg.Z, kz - kh, kz + kh)
+        scale = profile(reg.Z, kz - kh, kz + kh)
         inside = reg.crop(below)
-        sd = _ellipse_sd(reg.X, reg.Y, kx, ky, ka * scale, kb * scale, kt)
+        sd = ellipse_sd(reg.X, reg.Y, kx, ky, ka * scale, kb * scale, kt)
         cv.paint(reg, cv.ramp(sd + 6) * inside, a.hu_cavity, "fat")
         cv.paint(reg, cv.ramp(sd) * inside, a.hu_kidney[0], "kidney")
         cv.paint(reg, cv.ramp(sd - 7) * inside, a.hu_kidney[1], "kidney")
-        sinus = _ellipse_sd(reg.X, reg.Y, kx - math.copysign(0.45 * ka, kx - a.cx), ky, 0.35 * ka * scale,
+        sinus = ellipse_sd(reg.X, reg.Y, kx - math.copysign(0.45 * ka, kx - a.cx), ky, 0.35 * ka * scale,
                             0.4 * kb * scale, kt)
         cv.paint(reg, cv.ramp(sinus) * cv.ramp(sd) * inside, a.hu_cavity + 40, "fat")
 
 
-def _render_spine(a: SimpleNamespace, cv: _Canvas, y_back: torch.Tensor) -> None:
+def _render_spine(a: SimpleNamespace, cv: Canvas, y_back: torch.Tensor) -> None:
     """Paraspinal and psoas muscles, vertebrae with discs (periodic in z), neural arch and canal."""
     canal_r = 8.0
-    vb_y_all = y_back - a.spine_depth - _sines(cv.Z, a.spine_depth_wave)
+    vb_y_all = y_back - a.spine_depth - sines(cv.Z, a.spine_depth_wave)
     reg = cv.region((-1e9, 1e9), x=(a.cx - 80, a.cx + 80), y=(float(vb_y_all.min()) - 40, float(y_back.max()) + 5))
+    if reg is None:  # a small field of view away from the spine
+        return
     X, Y, Z = reg.X, reg.Y, reg.Z
     lumbar = ((a.dome_r - Z) / 150).clamp(0, 1)
     vb_a, vb_b = a.vb_a * (1 + 0.35 * lumbar), a.vb_b * (1 + 0.3 * lumbar)
     vb_y = reg.crop(vb_y_all)
     canal_y = vb_y + vb_b + canal_r + 2
     for side in (-1.0, 1.0):
-        cv.paint(reg, cv.ramp(_ellipse_sd(X, Y, a.cx + side * 30, canal_y + 22, 24.0, 22.0)), a.hu_muscle, "muscle")
+        cv.paint(reg, cv.ramp(ellipse_sd(X, Y, a.cx + side * 30, canal_y + 22, 24.0, 22.0)), a.hu_muscle, "muscle")
     grow = ((a.psoas_top - Z) / 120).clamp(0, 1)
     for side in (-1.0, 1.0):
-        sd = _ellipse_sd(X, Y, a.cx + side * (vb_a + 6 + 14 * grow), vb_y - 2, 4 + 18 * grow, 4 + 14 * grow)
+        sd = ellipse_sd(X, Y, a.cx + side * (vb_a + 6 + 14 * grow), vb_y - 2, 4 + 18 * grow, 4 + 14 * grow)
         cv.paint(reg, cv.ramp(sd) * (Z < a.psoas_top), a.hu_muscle, "muscle")
     # The vertebral phase depends on z only: discs and end plates are axial layers.
     phase = (Z - a.vert_phase) / a.vert_period
@@ -610,21 +637,21 @@ def _render_spine(a: SimpleNamespace, cv: _Canvas, y_back: torch.Tensor) -> None
     to_disc = torch.minimum(into_bone, a.vert_period * (1 - a.disc_frac) - into_bone)
     bone = cv.ramp(to_disc)
     plate = bone * cv.ramp(2.0 - to_disc)
-    vb_sd = _ellipse_sd(X, Y, a.cx, vb_y, vb_a, vb_b)
+    vb_sd = ellipse_sd(X, Y, a.cx, vb_y, vb_a, vb_b)
     body = cv.ramp(vb_sd)
     cv.paint(reg, body, a.hu_disc, "disc")
     cv.paint(reg, body * bone, a.hu_trabecular, "trabecular_bone")
     cv.paint(reg, body * torch.maximum(cv.ramp(2.5 - vb_sd) * bone, plate), a.hu_cortical, "cortical_bone")
     dist = torch.sqrt((X - a.cx) ** 2 + (Y - canal_y) ** 2)
     arch = cv.ramp(torch.minimum(canal_r + 5 - dist, dist - canal_r))
-    arch = torch.maximum(arch, cv.ramp(_ellipse_sd(X, Y, a.cx, canal_y + canal_r + 18, 4.0, 16.0)))
+    arch = torch.maximum(arch, cv.ramp(ellipse_sd(X, Y, a.cx, canal_y + canal_r + 18, 4.0, 16.0)))
     for side in (-1.0, 1.0):
-        arch = torch.maximum(arch, cv.ramp(_ellipse_sd(X, Y, a.cx + side * 24, canal_y + 2, 15.0, 4.5, side * 0.25)))
+        arch = torch.maximum(arch, cv.ramp(ellipse_sd(X, Y, a.cx + side * 24, canal_y + 2, 15.0, 4.5, side * 0.25)))
     cv.paint(reg, arch * cv.ramp(to_disc - 0.2 * a.vert_period), a.hu_arch, "posterior_arch")
     cv.paint(reg, cv.ramp(canal_r - dist), a.hu_canal, "canal")
 
 
-def _render_ribs(a: SimpleNamespace, cv: _Canvas, cx, cy, cavity_sd: torch.Tensor, body_b: torch.Tensor) -> None:
+def _render_ribs(a: SimpleNamespace, cv: Canvas, cx, cy, cavity_sd: torch.Tensor, body_b: torch.Tensor) -> None:
     """Ribs (one pair per vertebra between ``rib_low`` and ``rib_high``) and the sternum."""
     reg = cv.region((a.rib_low - a.rib_drop - 20, a.rib_high + 20))
     if reg is None:
@@ -648,12 +675,25 @@ def _render_ribs(a: SimpleNamespace, cv: _Canvas, cx, cy, cavity_sd: torch.Tenso
     reg = cv.region((a.sternum_low, a.rib_high), x=(a.cx - 40, a.cx + 40))
     if reg is not None:
         y_st = reg.crop(cy) - (reg.crop(body_b) - a.skin - a.fat - 5)
-        cv.paint(reg, cv.ramp(_ellipse_sd(reg.X, reg.Y, reg.crop(cx), y_st, 15.0, 6.0)), a.hu_rib * 0.7, "rib")
+        cv.paint(reg, cv.ramp(ellipse_sd(reg.X, reg.Y, reg.crop(cx), y_st, 15.0, 6.0)), a.hu_rib * 0.7, "rib")
+
+
+def checked_grid(seed: int, shape: Sequence[int], spacing: Sequence[float] | None):
+    """``(shape, spacing)`` as tuples (default spacing filled in); ValueError for a bad seed, shape or spacing."""
+    if len(shape) != 3 or any(int(n) < 1 for n in shape):
+        raise ValueError(f"phantom shape {tuple(shape)}: three positive sizes (D, H, W) are accepted")
+    shape = tuple(int(n) for n in shape)
+    spacing = default_spacing(shape) if spacing is None else tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"phantom spacing {spacing}: three positive values (sx, sy, sz) in mm are accepted")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"phantom seed {seed!r}: a non-negative int is accepted")
+    return shape, spacing
 
 
 def generate_phantom(seed: int, shape: Sequence[int] = (128, 128, 128), spacing: Sequence[float] | None = None,
                      z_center: float = 0.0, device: str | torch.device | None = None,
-                     return_labels: bool = False):
+                     return_labels: bool = False, xy_center: Sequence[float] = (0.0, 0.0)):
     """Render the phantom of patient ``seed`` on a voxel grid.
 
     Args:
@@ -665,21 +705,26 @@ def generate_phantom(seed: int, shape: Sequence[int] = (128, 128, 128), spacing:
         device: where to render (CPU or CUDA); the anatomy is the same on every device.
         return_labels: also return a uint8 label map (ids in ``TISSUES``) of the voxels whose
             painted weight exceeded one half; costs extra time.
+        xy_center: in-plane position (x, y) mm of the grid's centre; off-centre grids with a small
+            field of view cut the body.
 
     Returns:
         float32 tensor ``[D, H, W]`` in HU (air -1000, no noise), or ``(hu, labels)``.
     """
-    if len(shape) != 3 or any(int(n) < 1 for n in shape):
-        raise ValueError(f"phantom shape {tuple(shape)}: three positive sizes (D, H, W) are accepted")
-    shape = tuple(int(n) for n in shape)
-    spacing = default_spacing(shape) if spacing is None else tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"phantom spacing {spacing}: three positive values (sx, sy, sz) in mm are accepted")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"phantom seed {seed!r}: a non-negative int is accepted")
-    canvas = _Canvas(shape, spacing, float(z_center), device, return_labels)
+    shape, spacing = checked_grid(seed, shape, spacing)
+    canvas = Canvas(shape, spacing, float(z_center), device, return_labels, xy_center)
     _render(_draw_anatomy(seed), canvas)
     return (canvas.vol, canvas.labels) if return_labels else canvas.vol
+
+
+def whole_phantom(seed: int, shape: Sequence[int], device: str | torch.device | None = None):
+    """The phantom of ``seed`` over the whole anatomy: ``FOV_MM`` across and along z (z = -192 .. +192 mm).
+
+    This is the training volume of the original slice pool. Returns ``(hu [D, H, W], spacing (sx, sy, sz))``.
+    """
+    d, h, w = shape
+    spacing = (FOV_MM / w, FOV_MM / h, FOV_MM / d)
+    return generate_phantom(seed, (d, h, w), spacing, device=device), spacing
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""Smooth random fields on tensor-product grids (cubic B-spline interpolation of control points).
+"""Smooth random fields on tensor-product grids (cubic B-spline interpolation of control points),
+piecewise-linear intensity curves and a Gaussian blur along one axis.
 
 The phantom texture, the MRI deformation and the MRI bias field are all "a few random numbers on a
 coarse control grid, interpolated smoothly onto the voxel grid". Because the voxel grid is a tensor
@@ -8,9 +9,11 @@ CPU and GPU and gives the same field whatever window of space a volume covers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def bspline_matrix(coords: torch.Tensor, start: float, step: float, num: int) -> torch.Tensor:
@@ -53,3 +56,21 @@ def interpolate_grid(values: torch.Tensor, matrices: Sequence[torch.Tensor]) -> 
     gz, h, w = out.shape[-3:]
     out = mz @ out.reshape(*lead, gz, h * w)
     return out.reshape(*lead, mz.shape[0], h, w)
+
+
+def piecewise_linear(values: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Map ``values`` through the curve with knots ``(xs, ys)`` (xs increasing); the end segments extend linearly."""
+    index = torch.bucketize(values.contiguous(), xs).clamp(1, xs.numel() - 1)
+    x0, x1, y0, y1 = xs[index - 1], xs[index], ys[index - 1], ys[index]
+    return y0 + (values - x0) * (y1 - y0) / (x1 - x0)
+
+
+def blur_axis(volume: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``volume`` along ``axis`` (``sigma`` in voxels, edges replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=volume.device, dtype=volume.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    moved = volume.movedim(axis, -1)
+    lines = moved.reshape(-1, 1, moved.shape[-1])
+    lines = F.conv1d(F.pad(lines, (radius, radius), mode="replicate"), (kernel / kernel.sum()).view(1, 1, -1))
+    return lines.reshape(moved.shape).movedim(-1, axis).contiguous()

@@ -1,4 +1,5 @@
-"""2D training slices: from NIfTI volumes, from CT phantoms made on the fly, or from the augmented MRI template.
+"""2D training slices: from NIfTI volumes, from CT volumes made on the fly (the chest phantoms, or the
+domain-randomised CT of ``datasets.ct_randomize``), or from the augmented MRI template.
 
 Every source yields single-channel slices ``[1, S, S]`` in [0, 1] at the training size ``S``:
 CT intensities are clamped to [-1000, 1600] HU and mapped linearly to [0, 1]; MRI is min-max
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datasets import ct_phantom, mri
+from datasets import ct_phantom, ct_randomize, mri
 
 HU_MIN, HU_MAX = -1000.0, 1600.0
 
@@ -183,26 +184,45 @@ class PhantomSlices(SlicePool):
         super().__init__(*args, **kwargs)
 
     def make_volume_slices(self, seed: int) -> torch.Tensor:
-        spacing = (ct_phantom.FOV_MM / self.size,) * 2 + (ct_phantom.FOV_MM / self.depth,)
-        hu = ct_phantom.generate_phantom(seed, (self.depth, self.size, self.size), spacing, device=self.device)
+        hu, _ = ct_phantom.whole_phantom(seed, (self.depth, self.size, self.size), self.device)
+        return volume_to_slices(hu_to_unit(hu), "axial", self.size)
+
+
+class RandomizedCTSlices(SlicePool):
+    """Axial slices of domain-randomised CT volumes (``datasets.ct_randomize``, training seeds only).
+
+    Each volume is ``depth`` axial slices at the training size; ``settings`` are the randomisation's ranges.
+    """
+
+    check_seed = staticmethod(ct_phantom.check_train_seed)
+
+    def __init__(self, *args, depth: int = 64,
+                 settings: ct_randomize.CTRandomization = ct_randomize.CTRandomization(), **kwargs):
+        self.depth, self.settings = depth, settings
+        super().__init__(*args, **kwargs)
+
+    def make_volume_slices(self, seed: int) -> torch.Tensor:
+        hu, _ = ct_randomize.randomized_volume(seed, (self.depth, self.size, self.size), self.device, self.settings)
         return volume_to_slices(hu_to_unit(hu), "axial", self.size)
 
 
 class MRISlices(SlicePool):
     """Slices (a plane containing z by default) of augmented MRI template volumes (training seeds only).
 
-    ``template`` is the template file (default: the one inside nilearn; see ``mri.load_template``).
+    ``template`` is the template file (default: the one inside nilearn; see ``mri.load_template``);
+    ``appearance`` adds contrast, bias, resolution and noise changes (``mri.MRIAppearance``).
     """
 
     check_seed = staticmethod(mri.check_train_seed)
 
-    def __init__(self, *args, plane: str = "coronal", template: str | Path | None = None, **kwargs):
+    def __init__(self, *args, plane: str = "coronal", template: str | Path | None = None,
+                 appearance: mri.MRIAppearance | None = None, **kwargs):
         if plane not in PLANES:
             raise ValueError(f"plane {plane!r}: accepted planes are {sorted(PLANES)}")
         self.plane = plane
         device = torch.device(kwargs.get("device") or "cpu")
         template, meta = mri.load_template(template, device)
-        self.augmenter = mri.MRIAugmenter(template, meta)
+        self.augmenter = mri.MRIAugmenter(template, meta, appearance=appearance)
         super().__init__(*args, **kwargs)
 
     def make_volume_slices(self, seed: int) -> torch.Tensor:

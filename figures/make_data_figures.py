@@ -1,12 +1,15 @@
-"""Figures of the training data: CT phantoms from held-out seeds and augmented MRI template volumes.
+"""Figures of the training data: CT phantoms from held-out seeds, augmented MRI template volumes, and
+samples of the domain-randomised training distributions (CT and MRI).
 
 Run from the repository root: ``python figures/make_data_figures.py`` writes
-``figures/ct_phantoms.png`` and ``figures/mri_augmentations.png`` (the MRI figure needs the
-MNI152 template that nilearn ships).
+``figures/ct_phantoms.png``, ``figures/mri_augmentations.png``, ``figures/ct_training_distribution.png``
+and ``figures/mri_training_distribution.png`` (the MRI figures need the MNI152 template that nilearn
+ships); ``--only NAME`` writes one of them.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,14 +18,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datasets import ct_phantom, mri
+from datasets import ct_phantom, ct_randomize, mri
+from datasets.slices import hu_to_unit
 
 SEEDS = (ct_phantom.EVAL_SEEDS[0], ct_phantom.EVAL_SEEDS[1], ct_phantom.EVAL_SEEDS[2])
 
 
-def _panel(ax, image, title, **kw):
+def _panel(ax, image, title, fontsize=8, **kw):
     ax.imshow(image, cmap="gray", **kw)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=fontsize)
     ax.axis("off")
 
 
@@ -67,8 +71,49 @@ def mri_figure(path: Path) -> None:
     plt.close(fig)
 
 
+def ct_training_figure(path: Path, seeds=range(24)) -> None:
+    """One axial slice of each of 24 domain-randomised training volumes (``--data phantom-dr``), as the prior sees it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 6, figsize=(9.0, 6.9))
+    for ax, seed in zip(axes.flat, seeds):
+        hu, plan = ct_randomize.randomized_volume(seed, (16, 128, 128))
+        noise = f" n{plan['noise_hu']:.0f}" if plan.get("noise") else ""
+        _panel(ax, hu_to_unit(hu[8]).numpy(), f"{plan['region']} {plan['spacing'][0]:.1f}mm{noise}", 7, vmin=0, vmax=1)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
+def mri_training_figure(path: Path, seeds=range(12)) -> None:
+    """Coronal planes (the ZSR prior's) of 12 training volumes with the appearance changes (``--data mri-dr``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    template, meta = mri.load_template()
+    augment = mri.MRIAugmenter(template, meta, appearance=mri.MRIAppearance())
+    fig, axes = plt.subplots(2, 6, figsize=(9.0, 3.5))
+    for ax, seed in zip(axes.flat, seeds):
+        _panel(ax, augment(seed)[:, 68, :].numpy(), f"training seed {seed}", 7, vmin=0, vmax=1)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
+FIGURES = {"ct_phantoms": ct_figure, "mri_augmentations": mri_figure,
+           "ct_training_distribution": ct_training_figure, "mri_training_distribution": mri_training_figure}
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write the data figures into figures/.")
+    parser.add_argument("--only", choices=sorted(FIGURES), default=None, help="write only this figure")
+    args = parser.parse_args()
     torch.set_num_threads(2)
-    ct_figure(ROOT / "figures" / "ct_phantoms.png")
-    mri_figure(ROOT / "figures" / "mri_augmentations.png")
-    print("wrote figures/ct_phantoms.png and figures/mri_augmentations.png")
+    for name in [args.only] if args.only else FIGURES:
+        FIGURES[name](ROOT / "figures" / f"{name}.png")
+        print(f"wrote figures/{name}.png")
