@@ -18,7 +18,6 @@ from recon.results import (
     run_parent,
     volume_name,
 )
-from utils.figures import save_scroll_gif, save_slices_figure
 
 NOW = dt.datetime(2026, 1, 31, 14, 5, 9)
 
