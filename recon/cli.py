@@ -44,6 +44,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         admm_rho=args.admm_rho,
         admm_iter=args.admm_iter,
         admm_cg_iters=args.num_cg,
+        pinv=args.pinv,
+        pinv_iter=args.pinv_iter,
+        pinv_min=args.pinv_min,
     )
     knobs = {knob: getattr(args, knob_dest(knob)) for knob in NOISE_KNOBS}
     noise = NoiseSpec(args.noise_control, {knob: value for knob, value in knobs.items() if value is not None})
@@ -55,6 +58,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         precision=args.precision,
         compile=args.compile,
         slice_batch=args.slice_batch,
+        trust=args.trust_checkpoint,
     )
     output = OutputSpec(
         results_dir=args.results_dir, save_intermediates=args.save_intermediates, gif=args.gif
@@ -97,6 +101,10 @@ def _option_values(spec: RunSpec, profile: ScriptProfile) -> Dict[str, Any]:
         "slice_batch": prior.slice_batch,
         "precision": prior.precision,
         "compile": prior.compile,
+        "trust_checkpoint": prior.trust,
+        "pinv": method.pinv,
+        "pinv_iter": method.pinv_iter,
+        "pinv_min": method.pinv_min,
         "tv_weight": method.tv_weight,
         "admm_rho": method.admm_rho,
         "admm_iter": method.admm_iter,
@@ -131,7 +139,11 @@ def to_argv(spec: RunSpec) -> List[str]:
     argv: List[str] = []
     for action in _options(profile):
         value = values[action.dest]
+        if value is None and action.default is None:
+            continue
         if value is None:
+            # An option that can be unset away from its default (--pinv-min) takes the word "none".
+            argv += [action.option_strings[0], "none"]
             continue
         if isinstance(action, argparse.BooleanOptionalAction):
             argv.append(action.option_strings[0 if value else 1])

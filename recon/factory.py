@@ -43,7 +43,7 @@ def load_prior(prior: PriorSpec, device: torch.device) -> torch.nn.Module:
     """The score network (EMA weights, eval mode) of ``prior``'s checkpoint and config."""
     from models import load_score_model
 
-    return load_score_model(prior.config, prior.checkpoint, device=device)
+    return load_score_model(prior.config, prior.checkpoint, device=device, trust=prior.trust)
 
 
 def make_denoiser(prior: PriorSpec, net: torch.nn.Module):
@@ -53,6 +53,16 @@ def make_denoiser(prior: PriorSpec, net: torch.nn.Module):
 
     fast = {"channels_last": True, "compile": True, "cuda_graph": True} if prior.compile else {}
     return Denoiser(net, slice_batch=prior.slice_batch, precision=prior.precision, **fast)
+
+
+def check_slice_batch(prior: PriorSpec, num_slices: int) -> None:
+    """A ``--slice-batch`` larger than the volume's slices is an error (one line)."""
+    from models.denoiser import check_slice_batch
+
+    try:
+        check_slice_batch(prior.slice_batch, num_slices)
+    except ValueError as err:
+        raise ValueError(f"--slice-batch: {err}") from None
 
 
 def resolve(spec: RunSpec, config) -> RunSpec:
@@ -77,11 +87,40 @@ def resolve(spec: RunSpec, config) -> RunSpec:
         )
     if not sigma_max > sigma_min:
         raise ValueError(f"--sigma-max {sigma_max:g} must exceed --sigma-min {sigma_min:g}")
+    method = spec.method
+    if method.name == "DDNM" and method.pinv is None:
+        method = replace(method, pinv=spec.problem.DDNM_PINV)
     return replace(
         spec,
-        prior=replace(prior, sigma_min=sigma_min, sigma_max=sigma_max),
+        prior=replace(prior, sigma_min=sigma_min, sigma_max=sigma_max, precision=_precision(spec)),
         problem=replace(spec.problem, recon_size=size),
+        method=method,
     )
+
+
+def _precision(spec: RunSpec) -> str:
+    """The network precision: "auto" is bf16 on CUDA and fp32 on the CPU, where bf16 is far slower."""
+    precision = spec.prior.precision
+    if precision == "auto":
+        return "bf16" if spec.device == "cuda" else "fp32"
+    if precision == "bf16" and spec.device == "cpu":
+        raise ValueError(
+            "--precision bf16 on the CPU runs the network hundreds of times slower than fp32; "
+            "accepted on --device cpu: --precision fp32 or auto"
+        )
+    return precision
+
+
+def resolve_compile(spec: RunSpec, stack_shape) -> RunSpec:
+    """``spec`` with ``--compile``'s "auto" (None) decided for the slice stack ``stack_shape``: compile
+    on CUDA when the slices x NFE pay the compilation back (``models.denoiser.should_compile``)."""
+    if spec.prior.compile is not None:
+        return spec
+    from models.denoiser import should_compile
+
+    slices, _, height, width = stack_shape
+    wanted = spec.device == "cuda" and should_compile(slices, spec.method.nfe, max(height, width), spec.device)
+    return replace(spec, prior=replace(spec.prior, compile=bool(wanted)))
 
 
 def make_noise_source(noise: NoiseSpec):
@@ -109,6 +148,10 @@ def sampler_config(spec: RunSpec) -> algorithms.SamplerConfig:
 
 
 def _dds(method: MethodSpec, op, y: torch.Tensor) -> algorithms.ConsistencyStep:
+    if method.dc_cg_iters < 1:
+        raise ValueError(
+            f"--num-cg {method.dc_cg_iters} turns DDS's data consistency off; accepted: --num-cg >= 1"
+        )
     consistency = algorithms.DDSConsistency(
         op, y, num_cg=method.dc_cg_iters, w_tik=method.w_tik, w_dz=method.w_dz
     )
@@ -119,7 +162,11 @@ def _ddnm(method: MethodSpec, op, y: torch.Tensor) -> algorithms.ConsistencyStep
     if method.w_tik != 0.0 or method.w_dz != 0.0:
         weights = f"w_tik={method.w_tik}, w_dz={method.w_dz}"
         raise ValueError(f"w_tik and w_dz apply to method 'DDS' only, got {weights} for 'DDNM'")
-    return algorithms.ConsistencyStep(algorithms.DDNMConsistency(op, y, n_iter=method.dc_cg_iters))
+    from physics import make_pseudo_inverse
+
+    options = {"sirt": dict(n_iter=method.pinv_iter, min_value=method.pinv_min), "cg": dict(n_iter=method.pinv_iter)}
+    pinv = make_pseudo_inverse(method.pinv, op, **options.get(method.pinv, {}))
+    return algorithms.ConsistencyStep(algorithms.DDNMConsistency(op, y, pinv))
 
 
 def _admm_tv(method: MethodSpec, op, y: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from algorithms import NOISE_ALIASES, NOISE_SOURCES, RENOISE
 from algorithms.noise import NOISE_KNOBS
 from models.denoiser import PRECISIONS
+from physics.pinv import PSEUDO_INVERSES
 from recon.specs import MethodSpec, NoiseSpec, OutputSpec, PriorSpec, RunSpec
 
 DEVICES = ("cpu", "cuda")
@@ -55,6 +56,11 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not accepted; a finite number is")
     return value
+
+
+def optional_float(text: str) -> Optional[float]:
+    """An argparse type converter for a finite number or ``none``."""
+    return None if text.strip().lower() == "none" else finite_float(text)
 
 
 positive_int = _bounded(int, 1, "an integer")
@@ -238,15 +244,42 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         help="slices per network call; None: chosen from free memory",
     )
     sampler.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default=prior.precision, help="network precision"
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default=prior.precision,
+        help="network precision; auto: bf16 on CUDA, fp32 on the CPU",
     )
     sampler.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=prior.compile,
         help="CUDA only: run the network compiled (torch.compile), channels_last and in a CUDA graph; "
-        "about 3x faster with --precision bf16, after compiling at the first step "
-        "(256 network: about 2 min the first time on a machine, 15 s once cached)",
+        "None: only when the slices x NFE pay the compilation back (models.denoiser.should_compile)",
+    )
+    sampler.add_argument(
+        "--trust-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=prior.trust,
+        help="load a checkpoint the safe loader refuses; it may run code stored in the file "
+        "(or convert it once: python -m models.convert_checkpoint)",
+    )
+    sampler.add_argument(
+        "--pinv",
+        choices=tuple(PSEUDO_INVERSES),
+        default=method.pinv,
+        help="DDNM's pseudo-inverse; None: the problem's (CT: sirt, as the reference code; ZSR: exact)",
+    )
+    sampler.add_argument(
+        "--pinv-iter",
+        type=positive_int,
+        default=method.pinv_iter,
+        help="iterations of DDNM's iterative pseudo-inverse (sirt, cg)",
+    )
+    sampler.add_argument(
+        "--pinv-min",
+        type=optional_float,
+        default=method.pinv_min,
+        help="lower bound of DDNM's SIRT on the values ('none': unbounded)",
     )
 
     admm = parser.add_argument_group("ADMM-TV (defaults: algorithms.admm_tv's)")

@@ -106,6 +106,8 @@ class ProblemSpec:
     """task -> the field holding its named parameter (what the command line's ``--degree`` sets)."""
     BASELINE_METHODS: ClassVar[Tuple[str, ...]] = ()
     """The classical methods that return one of the baselines."""
+    DDNM_PINV: ClassVar[str] = "cg"
+    """DDNM's pseudo-inverse when the run names none (a key of ``physics.PSEUDO_INVERSES``)."""
 
     def __post_init__(self):
         name = type(self).__name__
@@ -218,6 +220,7 @@ class CBCTProblem(ProblemSpec):
     slice_axis: ClassVar[int] = 0
     PARAMETERS: ClassVar[Dict[str, str]] = {"LACT": "arc_degrees", "SVCT": "num_views"}
     BASELINE_METHODS: ClassVar[Tuple[str, ...]] = ("FDK", "SIRT")
+    DDNM_PINV: ClassVar[str] = "sirt"
 
     def folder_options(self) -> Dict[str, object]:
         """The slice range, and the projection noise when there is any."""
@@ -296,6 +299,7 @@ class ZSRProblem(ProblemSpec):
     slice_axis: ClassVar[int] = 1
     PARAMETERS: ClassVar[Dict[str, str]] = {"ZSR": "factor"}
     BASELINE_METHODS: ClassVar[Tuple[str, ...]] = ("A_dagger",)
+    DDNM_PINV: ClassVar[str] = "exact"
 
     def normalise(self, volume: torch.Tensor) -> torch.Tensor:
         """Map the volume's range to [0, 1]."""

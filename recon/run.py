@@ -41,8 +41,14 @@ from utils.metrics import PLANES, compute_metrics, format_table
 
 log = logging.getLogger("iscs")
 
+
+
+class StageMemoryError(MemoryError):
+    """A stage ran out of memory that the program could not avoid (its message says what to change)."""
+
+
 # The project's modules report bad input with these; main() turns them into one-line errors.
-EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, MemoryError)
 
 
 @dataclass
@@ -111,7 +117,13 @@ def _stage(what: str) -> Iterator[None]:
     """Log a stage's start and, when it succeeds, its duration."""
     log.info("%s ...", what)
     start = time.perf_counter()
-    yield
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise StageMemoryError(
+            f"out of GPU memory in {what}; accepted: fewer slices (--slice-begin/--slice-end), "
+            "smaller planes (--recon-size), a smaller --slice-batch, or a GPU with more free memory"
+        ) from None
     log.info("%s done in %.1f s", what, time.perf_counter() - start)
 
 
@@ -208,6 +220,9 @@ def _run(
     spec = factory.resolve(spec, None if net is None else net.config)
     sampler = factory.sampler_config(spec) if net is not None else None
     gt, meta = spec.problem.prepare(array, meta, device)
+    if net is not None:
+        spec = factory.resolve_compile(spec, tuple(gt.shape))
+        factory.check_slice_batch(spec.prior, gt.shape[0])
     op = spec.problem.operator(gt)
 
     parent = results_parent(spec)

@@ -41,6 +41,11 @@ class MethodSpec:
         admm_rho: ADMM-TV's penalty, relative to ``||A||^2``.
         admm_iter: ADMM-TV iterations.
         admm_cg_iters: CG iterations of each ADMM-TV x-update.
+        pinv: DDNM's pseudo-inverse, a name of ``physics.PSEUDO_INVERSES`` ("sirt", "cg",
+            "exact"); None: the problem's (``ProblemSpec.DDNM_PINV``: SIRT for CT, as the reference
+            code, the exact one for ZSR).
+        pinv_iter: iterations of an iterative pseudo-inverse (SIRT, CG).
+        pinv_min: SIRT's lower bound on the values (the reference's x >= 0); None: unbounded.
     """
 
     name: str = "DDS"
@@ -54,6 +59,9 @@ class MethodSpec:
     admm_rho: float = ADMM_DEFAULTS["rho"]
     admm_iter: int = ADMM_DEFAULTS["n_iter"]
     admm_cg_iters: int = ADMM_DEFAULTS["n_cg"]
+    pinv: Optional[str] = None
+    pinv_iter: int = 100
+    pinv_min: Optional[float] = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,18 +87,22 @@ class PriorSpec:
         checkpoint: score model checkpoint (score_sde or exported).
         config: model config YAML; None when the checkpoint embeds its config.
         sigma_min, sigma_max: the sampler's noise range; None: the config's.
-        precision: network precision, a key of ``models.denoiser.PRECISIONS``.
-        compile: run the network compiled, channels_last and in a CUDA graph (CUDA only).
-        slice_batch: slices per network call; None: chosen from free memory.
+        precision: network precision, a key of ``models.PRECISIONS``, or "auto" (bf16 on CUDA, fp32
+            on the CPU).
+        compile: run the network compiled, channels_last and in a CUDA graph (CUDA only); None:
+            when the work pays the compilation back (``models.denoiser.should_compile``).
+        slice_batch: slices per network call; None: chosen from measured memory.
+        trust: load a checkpoint that the safe loader refuses (it may run code stored in the file).
     """
 
     checkpoint: Path
     config: Optional[Path] = None
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
-    precision: str = "fp32"
-    compile: bool = False
+    precision: str = "auto"
+    compile: Optional[bool] = None
     slice_batch: Optional[int] = None
+    trust: bool = False
 
 
 @dataclass(frozen=True)
