@@ -6,8 +6,8 @@ own process, so every "cold" compile starts from an empty cache folder and a fre
   1. eager bf16 (channels_last) and eager bf16 + CUDA graph, per chunk size: s/slice, peak memory,
      and the memory probe's estimate (models.denoiser: per-slice bytes x chunk x PROBE_MARGIN);
   2. compiled + CUDA graph at the default knee chunk (what models.Denoiser runs), regional and full:
-     first call (compile + capture) with an EMPTY cache folder (regional, then full), then each again
-     in a second process on the same folder (warm); s/slice and peak memory;
+     first call (compile + capture) with an EMPTY cache folder, then again in a second process on
+     the same folder (warm): regional cold and warm, then full cold and warm; s/slice and peak memory;
   3. compiled + CUDA graph at the other chunk sizes (regional, then full), while time remains.
 Then it prints the knee (smallest chunk within KNEE_TOLERANCE of the best s/slice), KNEE_PIXELS, the
 compile scope to make the default, and should_compile's constants, as Python lines for
@@ -325,8 +325,8 @@ def main(argv=None):
         plan = [
             ("eager", chunks, "eager", "eager sweep"),
             ("regional", [args.default_chunk], "regional", "regional cold"),
-            ("full", [args.default_chunk], "full", "full cold"),
             ("regional", [args.default_chunk], "regional", "regional warm"),
+            ("full", [args.default_chunk], "full", "full cold"),
             ("full", [args.default_chunk], "full", "full warm"),
             ("regional", others, "regional", "regional sweep"),
             ("full", others, "full", "full sweep"),

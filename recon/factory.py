@@ -199,17 +199,20 @@ class Measured:
         gt: the ground-truth slice stack.
         op: the problem's operator for ``gt``.
         y: the measurement.
+        only: a classical method of ``problem.BASELINE_METHODS``: compute only its baseline.
     """
 
     problem: Any
     gt: torch.Tensor
     op: Any
     y: torch.Tensor
+    only: Optional[str] = None
 
     @cached_property
     def baselines(self):
-        """The problem's baselines from ``y`` (computed on first use)."""
-        return self.problem.baselines(self.op, self.y, self.gt)
+        """The problem's baselines from ``y`` (computed on first use); with ``only``, just the one
+        that classical method returns."""
+        return self.problem.baselines(self.op, self.y, self.gt, only=self.only)
 
 
 def reconstruct(

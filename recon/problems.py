@@ -16,14 +16,23 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import ClassVar, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from recon.factory import SAMPLER_STEPS, SOLVERS
 from recon.parser import ScriptProfile, finite_float, positive_int
 from utils.io import Meta
-from utils.volume import crop_slices, hu_to_unit, min_max, reorient, resize_plane
+from utils.volume import (
+    HU_WINDOW,
+    crop_slices,
+    hu_to_unit,
+    min_max_with_range,
+    reorient,
+    resize_plane,
+    source_axis,
+    unit_to_range,
+)
 
 log = logging.getLogger("iscs")
 
@@ -44,6 +53,37 @@ def _require_structure(volume: torch.Tensor, what: str) -> None:
             f"{what}: the volume is constant (every voxel is {float(volume.min()):g} after normalisation); "
             "a volume with structure is accepted"
         )
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """How the prior's [0, 1] values map back to the input's intensities.
+
+    Args:
+        value_range: the input intensities that 0 and 1 stand for (CT: the HU window; MRI: the
+            input volume's minimum and maximum).
+        units: their unit ("HU" for CT; "" when the input's scale has no known unit).
+    """
+
+    value_range: Tuple[float, float]
+    units: str = ""
+
+    def to_input(self, volume: torch.Tensor) -> torch.Tensor:
+        """``volume`` in [0, 1] -> the input's intensities."""
+        return unit_to_range(volume, self.value_range)
+
+    def describe(self, what: str) -> str:
+        """A NIfTI ``descrip`` naming ``what`` the volume holds and its unit (at most 79 characters)."""
+        unit = self.units or "input intensity scale"
+        return f"{what}, {unit}"[:79]
+
+
+class Prepared(NamedTuple):
+    """The ground truth as the prior sees it, the geometry of its volume, and its intensity map."""
+
+    gt: torch.Tensor
+    meta: Meta
+    intensity: Intensity
 
 
 @dataclass(frozen=True)
@@ -135,11 +175,11 @@ class ProblemSpec:
         """Slice stack ``[N, 1, h, w]`` -> volume ``[D, H, W]``."""
         return stack[:, 0].movedim(0, self.slice_axis)
 
-    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
-        """Map the whole volume (before cropping) to [0, 1]."""
+    def normalise(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Intensity]:
+        """Map the whole volume (before cropping) to [0, 1]; also how to map back."""
         raise NotImplementedError
 
-    def prepare(self, array, meta: Meta, device: torch.device) -> Tuple[torch.Tensor, Meta]:
+    def prepare(self, array, meta: Meta, device: torch.device) -> Prepared:
         """Reorient to LPI, normalise to [0, 1], crop the slice range, resize the planes.
 
         Args:
@@ -148,20 +188,45 @@ class ProblemSpec:
             device: where the ground truth lives.
 
         Returns:
-            ``(gt, meta)``: the ground-truth slice stack ``[N, 1, h, w]`` and the geometry of the
-            volume it stacks back into (written into every output file).
+            ``(gt, meta, intensity)``: the ground-truth slice stack ``[N, 1, h, w]``, the geometry of
+            the volume it stacks back into (written into every output file), and the map from
+            [0, 1] back to the input's intensities (every output volume is written in those).
         """
+        begin, end = self._oriented_range(array.shape, meta)
         oriented, meta = reorient(array, meta, ORIENTATION)
         volume = torch.from_numpy(oriented.copy()).to(device)
         _require_finite(volume, self.data)
-        volume = self.normalise(volume)
-        begin, end = self.slice_begin, self.slice_end
+        volume, intensity = self.normalise(volume)
         volume, meta = crop_slices(volume, meta, self.slice_axis, begin, end)
-        cropped = begin != 0 or end != 0
-        _require_structure(volume, f"{self.data}" + (f" in slices [{begin}, {end})" if cropped else ""))
+        cropped = self.slice_begin != 0 or self.slice_end != 0
+        kept = f" in slices [{self.slice_begin}, {self.slice_end})" if cropped else ""
+        _require_structure(volume, f"{self.data}{kept}")
         if self.recon_size is not None:
             volume, meta = resize_plane(volume, meta, self.slice_axis, self.recon_size)
-        return self.to_stack(volume), meta
+        return Prepared(self.to_stack(volume), meta, intensity)
+
+    def _oriented_range(self, shape, meta: Meta) -> Tuple[int, int]:
+        """The slice range after reorientation to LPI of the range given in the file's own order.
+
+        ``slice_begin``/``slice_end`` count slices along the file's axis that becomes the prior's
+        slice axis, in the order a viewer shows the file; reorientation may reverse that order.
+        """
+        begin, end = self.slice_begin, self.slice_end
+        axis, flipped = source_axis(meta, ORIENTATION, self.slice_axis)
+        length = shape[axis]
+        if begin == 0 and end == 0:
+            return 0, 0
+        if not 0 <= begin < end <= length:
+            raise ValueError(
+                f"slice range [{begin}, {end}) is empty or outside the volume; "
+                f"accepted: 0 <= begin < end <= {length} (or both 0 for the whole volume)"
+            )
+        oriented = (length - end, length - begin) if flipped else (begin, end)
+        log.info(
+            "slices [%d, %d) along the file's array axis %d are [%d, %d) after reorientation to %s",
+            begin, end, axis, *oriented, ORIENTATION,
+        )
+        return oriented
 
     def operator(self, gt: torch.Tensor):
         """The forward operator for the ground-truth stack ``gt`` (validates the named parameter)."""
@@ -171,12 +236,15 @@ class ProblemSpec:
         """The simulated (noisy) measurement ``y`` of ``gt``."""
         raise NotImplementedError
 
-    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor) -> Baselines:
-        """The classical reconstructions from ``y``."""
+    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor, only: Optional[str] = None) -> Baselines:
+        """The classical reconstructions from ``y``; with ``only`` (one of ``BASELINE_METHODS``),
+        just the one that method returns, so a baseline run costs no more than itself."""
         raise NotImplementedError
 
-    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta]:
-        """How ``y`` is written: ``(file name, 3D tensor, meta)``."""
+    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta, Optional[str]]:
+        """How ``y`` is written: ``(file name, 3D tensor, meta, description)``; the description is
+        None for a measurement in the volume's own intensities (written like the volumes), else
+        what the array holds (it is written as non-anatomical data, e.g. projections)."""
         raise NotImplementedError
 
 
@@ -229,9 +297,9 @@ class CBCTProblem(ProblemSpec):
             options["sino"] = self.sino_noise
         return options
 
-    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
+    def normalise(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Intensity]:
         """Clamp HU to the CT window and map it to [0, 1]."""
-        return hu_to_unit(volume)
+        return hu_to_unit(volume), Intensity(HU_WINDOW, "HU")
 
     def operator(self, gt: torch.Tensor):
         """The cone-beam projector of the task's views for a volume shaped like ``gt``."""
@@ -253,33 +321,39 @@ class CBCTProblem(ProblemSpec):
             log.info("measurement noise: %s, SNR %.2f dB", noise, physics.snr_db(clean, y))
         return y
 
-    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor) -> Baselines:
-        """FDK of the kept views (FBP-LV) and of all views (FBP-FV), and SIRT of the kept views."""
+    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor, only: Optional[str] = None) -> Baselines:
+        """FDK of the kept views (FBP-LV) and of all views (FBP-FV), and SIRT of the kept views;
+        ``only="FDK"`` or ``"SIRT"`` computes just that one."""
+        import physics
+
         if _use_astra(self.baseline_backend, gt.device):
             from physics import astra_baselines
 
             prefix = "astra-"
-            stacks = {
-                "astra-FBP-LV": astra_baselines.fdk_astra(op.geometry, y, views=op.views),
-                "astra-FBP-FV": astra_baselines.fdk_astra(op.geometry, op.A_full(gt)),
-                "astra-SIRT-LV": astra_baselines.sirt_astra(op.geometry, y, self.sirt_iter, views=op.views),
+            makers = {
+                "FBP-LV": lambda: astra_baselines.fdk_astra(op.geometry, y, views=op.views),
+                "FBP-FV": lambda: astra_baselines.fdk_astra(op.geometry, op.A_full(gt)),
+                "SIRT-LV": lambda: astra_baselines.sirt_astra(op.geometry, y, self.sirt_iter, views=op.views),
             }
         else:
-            import physics
-
             prefix = ""
-            stacks = {
-                "FBP-LV": op.fdk(y),
-                "FBP-FV": op.fdk(op.A_full(gt), full=True),
-                "SIRT-LV": physics.sirt(op, y, self.sirt_iter),
+            makers = {
+                "FBP-LV": lambda: op.fdk(y),
+                "FBP-FV": lambda: op.fdk(op.A_full(gt), full=True),
+                "SIRT-LV": lambda: physics.sirt(op, y, self.sirt_iter),
             }
-        methods = {"FDK": f"{prefix}FBP-LV", "SIRT": f"{prefix}SIRT-LV"}
-        return Baselines(stacks, main=f"{prefix}FBP-LV", methods=methods)
+        returns = {"FDK": "FBP-LV", "SIRT": "SIRT-LV"}
+        names = [returns[only]] if only is not None else list(makers)
+        stacks = {f"{prefix}{name}": makers[name]() for name in names}
+        methods = {method: f"{prefix}{name}" for method, name in returns.items() if name in names}
+        return Baselines(stacks, main=f"{prefix}{names[0]}", methods=methods)
 
-    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta]:
-        """The projections, one detector image per kept view, at the detector's spacing."""
+    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta, Optional[str]]:
+        """The projections, one detector image per kept view, at the detector's spacing: line
+        integrals of the normalised volume (value x mm), not anatomy."""
         spacing = op.geometry.det_spacing
-        return "measurement", y, {"spacing": (spacing, spacing, 1.0)}
+        what = "projections [views, rows, cols], line integrals (value x mm)"
+        return "measurement", y, {"spacing": (spacing, spacing, 1.0)}, what
 
 
 # ---------------------------------------------------------------- MRI z-axis super-resolution
@@ -301,9 +375,10 @@ class ZSRProblem(ProblemSpec):
     BASELINE_METHODS: ClassVar[Tuple[str, ...]] = ("A_dagger",)
     DDNM_PINV: ClassVar[str] = "exact"
 
-    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
+    def normalise(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Intensity]:
         """Map the volume's range to [0, 1]."""
-        return min_max(volume)
+        unit, value_range = min_max_with_range(volume)
+        return unit, Intensity(value_range)
 
     def operator(self, gt: torch.Tensor):
         """The slice-averaging operator along z of the stack ``gt``."""
@@ -320,11 +395,11 @@ class ZSRProblem(ProblemSpec):
         """The thick slices (noise-free)."""
         return op.A(gt)
 
-    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor) -> Baselines:
+    def baselines(self, op, y: torch.Tensor, gt: torch.Tensor, only: Optional[str] = None) -> Baselines:
         """The pseudo-inverse of the thick slices (ATy)."""
         return Baselines({"ATy": op.A_dagger(y)}, main="ATy", methods={"A_dagger": "ATy"})
 
-    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta]:
+    def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta, Optional[str]]:
         """The thick slices, centred in the middle of each group of ``factor`` thin slices."""
         factor = op.factor
         spacing = list(meta["spacing"])
@@ -332,7 +407,7 @@ class ZSRProblem(ProblemSpec):
         direction_z = meta["direction"][2::3]
         origin = tuple(o + d * shift for o, d in zip(meta["origin"], direction_z))
         spacing[2] *= factor
-        return "y", self.to_volume(y), {**meta, "spacing": tuple(spacing), "origin": origin}
+        return "y", self.to_volume(y), {**meta, "spacing": tuple(spacing), "origin": origin}, None
 
 
 # ---------------------------------------------------------------- the entry scripts

@@ -160,9 +160,10 @@ class RunFolder:
         self.meta = meta
         self._handler: Optional[logging.Handler] = None
 
-    def volume(self, name: str, array, meta: Optional[Meta] = None) -> Path:
-        """Write ``<name>.nii.gz`` (``name`` may contain a sub-folder) with the run's geometry."""
-        return write_volume(self.path / f"{name}.nii.gz", array, self.meta if meta is None else meta)
+    def volume(self, name: str, array, meta: Optional[Meta] = None, **display) -> Path:
+        """Write ``<name>.nii.gz`` (``name`` may contain a sub-folder) with the run's geometry;
+        ``display`` holds ``utils.io.write_volume``'s ``descrip``, ``cal_range`` and ``intent``."""
+        return write_volume(self.path / f"{name}.nii.gz", array, self.meta if meta is None else meta, **display)
 
     def yaml(self, name: str, content: Mapping[str, Any]) -> Path:
         """Write ``content`` as YAML (paths as strings, keys in the given order)."""

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 
 from algorithms import SamplerConfig
-from algorithms.noise import NOISE_KNOBS
+from algorithms.noise import NOISE_KNOBS, noise_source_name
 from recon import distributed, factory
 from recon.cli import spec_from_args, spec_options
 from recon.factory import PRIOR_METHODS, Measured
@@ -34,12 +34,20 @@ from recon.results import (
     run_parent,
     volume_name,
 )
+from recon.problems import Intensity
 from recon.specs import RunSpec
 from utils.figures import save_scroll_gif, save_slices_figure
 from utils.io import Meta, read_volume
 from utils.metrics import PLANES, compute_metrics, format_table
+from utils.volume import unit_to_range
 
 log = logging.getLogger("iscs")
+
+METRICS_SPACE = (
+    "normalised [0, 1] of the prior: CT HU window [-1000, 1600] mapped to [0, 1], MRI min-max of the input"
+)
+# The figures' grey window for CT in HU: soft tissue and lung both visible.
+CT_DISPLAY_WINDOW = (-1000.0, 600.0)
 
 
 
@@ -58,6 +66,7 @@ class Run:
     spec: RunSpec
     gt: torch.Tensor
     meta: Meta
+    intensity: Intensity
     op: Any
     net: Optional[torch.nn.Module]
     sampler: Optional[SamplerConfig]
@@ -106,8 +115,8 @@ def results_parent(spec: RunSpec) -> Path:
 def _intermediates_saver(run: Run) -> Callable[[dict], None]:
     def save(step: dict) -> None:
         index, problem = step["i"], run.spec.problem
-        run.folder.volume(f"X_hat/step_{index:03d}", problem.to_volume(step["x0"]))
-        run.folder.volume(f"X_0/step_{index:03d}", problem.to_volume(step["x0_dc"]))
+        _write(run, f"X_hat/step_{index:03d}", problem.to_volume(step["x0"]), f"denoised, step {index}")
+        _write(run, f"X_0/step_{index:03d}", problem.to_volume(step["x0_dc"]), f"data-consistent, step {index}")
 
     return save
 
@@ -130,34 +139,89 @@ def _stage(what: str) -> Iterator[None]:
 def _write_figures(
     run: Run, gt: torch.Tensor, volumes: Dict[str, torch.Tensor], main_baseline: str, report: dict
 ) -> None:
-    """``figure.png`` (GT, main baseline, recon, error) and, with ``--gif``, ``slices.gif``."""
-    panels = {name: volumes[name].detach().float().cpu().numpy() for name in (main_baseline, "recon")}
-    gt_cpu = gt.detach().float().cpu().numpy()
+    """``figure.png`` (GT, the main baseline, the method and their errors, in the input's
+    intensities) and, with ``--gif``, ``slices.gif``."""
+    shown = {main_baseline: main_baseline, "recon": method_label(run.spec)}
+    panels = {label: volumes[key].detach().float().cpu().numpy() for key, label in shown.items()}
     captions = {
-        name: f"PSNR {values['psnr']:.2f} / SSIM {values['ssim']:.3f}"
-        for name, values in report["metrics"].items()
-        if values["psnr"] is not None
+        shown[key]: f"PSNR {values['psnr']:.2f} / SSIM {values['ssim']:.3f}"
+        for key, values in report["metrics"].items()
+        if key in shown and values["psnr"] is not None
     }
-    save_slices_figure(run.folder.path / "figure.png", gt_cpu, panels, run.meta["spacing"], captions)
+    intensity = run.intensity
+    display = dict(
+        units=intensity.units,
+        to_units=lambda v: unit_to_range(v, intensity.value_range),
+        window=CT_DISPLAY_WINDOW if intensity.units == "HU" else None,
+    )
+    gt_cpu = gt.detach().float().cpu().numpy()
+    problem = run.spec.problem
+    title = f"{problem.task}-{problem.parameter} | {volume_name(problem.data)}"
+    save_slices_figure(
+        run.folder.path / "figure.png",
+        gt_cpu,
+        panels,
+        run.meta["spacing"],
+        captions,
+        errors=list(panels),
+        title=title,
+        **display,
+    )
     if run.spec.output.gif:
         # The GIF scrolls through the prior's own planes: axial for CT, coronal (containing z) for ZSR.
-        plane = next(name for name, axis in PLANES.items() if axis == run.spec.problem.slice_axis)
-        save_scroll_gif(run.folder.path / "slices.gif", {"GT": gt_cpu, **panels}, plane=plane)
+        plane = next(name for name, axis in PLANES.items() if axis == problem.slice_axis)
+        save_scroll_gif(
+            run.folder.path / "slices.gif",
+            {"GT": gt_cpu, **panels},
+            plane=plane,
+            spacing=run.meta["spacing"],
+            **display,
+        )
+
+
+def _write(run: Run, name: str, volume: torch.Tensor, what: str, meta: Optional[Meta] = None) -> None:
+    """Write a volume in the input's intensities (HU for CT), on the run's grid unless ``meta``."""
+    intensity = run.intensity
+    run.folder.volume(
+        name,
+        intensity.to_input(volume),
+        meta,
+        descrip=intensity.describe(what),
+        cal_range=intensity.value_range,
+    )
+
+
+NOISE_LABELS = {"iid": "", "iscs": "+ISCS", "shared": "+shared", "ar1": "+AR1"}
+
+
+def method_label(spec: RunSpec) -> str:
+    """The method as figures and file descriptions name it, e.g. "DDS+ISCS", "DDNM", "ADMM-TV"."""
+    name = spec.method.name
+    if name not in PRIOR_METHODS:
+        return name
+    label = NOISE_LABELS.get(noise_source_name(spec.noise.source), f"+{spec.noise.source}")
+    knobs = ",".join(f"{value:g}" for value in spec.noise.knobs.values())
+    return f"{name}{label}" + (f"({knobs})" if knobs else "")
 
 
 def _execute(run: Run) -> None:
     spec, problem, folder = run.spec, run.spec.problem, run.folder
     # The measurement is simulated once; every baseline and the method see this same y.
     with _stage("simulating the measurement"):
-        measured = Measured(problem, run.gt, run.op, problem.measure(run.op, run.gt, run.generator))
-    name, stack, meta = problem.measurement(measured.y, run.meta, run.op)
-    folder.volume(name, stack, meta)
-    folder.volume("GT", problem.to_volume(run.gt))
+        y = problem.measure(run.op, run.gt, run.generator)
+        only = spec.method.name if spec.method.name in problem.BASELINE_METHODS else None
+        measured = Measured(problem, run.gt, run.op, y, only)
+    name, stack, meta, what = problem.measurement(measured.y, run.meta, run.op)
+    if what is None:
+        _write(run, name, stack, "measurement", meta)
+    else:
+        folder.volume(name, stack, meta, descrip=what, intent="projections")
+    _write(run, "GT", problem.to_volume(run.gt), "ground truth")
 
     with _stage("baselines"):
         baselines = measured.baselines
     for name, stack in baselines.stacks.items():
-        folder.volume(name, problem.to_volume(stack))
+        _write(run, name, problem.to_volume(stack), f"baseline {name}")
 
     with _stage(f"reconstruction ({spec.method.name})"):
         recon = factory.reconstruct(
@@ -179,7 +243,7 @@ def _execute(run: Run) -> None:
     volumes = {name: problem.to_volume(stack) for name, stack in baselines.stacks.items()}
     volumes["recon"] = problem.to_volume(recon)
     with _stage("metrics"):
-        report = compute_metrics(gt, volumes)
+        report = {"intensity": METRICS_SPACE, **compute_metrics(gt, volumes)}
     folder.json("metrics.json", report)
     table = format_table(report)
     folder.text("metrics.txt", table)
@@ -188,7 +252,7 @@ def _execute(run: Run) -> None:
     _write_figures(run, gt, volumes, baselines.main, report)
 
     # recon.nii.gz is written last, so a run that fails earlier leaves none.
-    folder.volume("recon", volumes["recon"])
+    _write(run, "recon", volumes["recon"], f"recon {method_label(spec)}")
 
 
 def run(spec: RunSpec, command: Sequence[str] = ()) -> Optional[Path]:
@@ -213,13 +277,14 @@ def run(spec: RunSpec, command: Sequence[str] = ()) -> Optional[Path]:
 def _run(
     spec: RunSpec, device: torch.device, launch: distributed.Launch, command: Sequence[str]
 ) -> Optional[Path]:
+    started = time.perf_counter()
     if spec.prior.config is not None and not spec.prior.config.is_file():
         raise FileNotFoundError(f"--config-path {spec.prior.config}: no such file")
     array, meta = read_volume(spec.problem.data)
     net = factory.load_prior(spec.prior, device) if spec.method.name in PRIOR_METHODS else None
     spec = factory.resolve(spec, None if net is None else net.config)
     sampler = factory.sampler_config(spec) if net is not None else None
-    gt, meta = spec.problem.prepare(array, meta, device)
+    gt, meta, intensity = spec.problem.prepare(array, meta, device)
     if net is not None:
         spec = factory.resolve_compile(spec, tuple(gt.shape))
         factory.check_slice_batch(spec.prior, gt.shape[0])
@@ -253,9 +318,11 @@ def _run(
         }
         folder.yaml("args.yaml", record)
         generator = torch.Generator(device=device).manual_seed(spec.seed)
-        _execute(Run(spec, gt, meta, op, net, sampler, folder, generator))
+        _execute(Run(spec, gt, meta, intensity, op, net, sampler, folder, generator))
         folder.complete()
-        log.info("finished: %s", folder.path)
+        log.info("finished in %.1f s: %s", time.perf_counter() - started, folder.path)
+        if device.type == "cuda":
+            log.info("peak GPU memory: %.2f GiB allocated", torch.cuda.max_memory_allocated(device) / 2**30)
     except BaseException as err:
         reason = _describe_failure(err)
         log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)

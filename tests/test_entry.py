@@ -158,7 +158,7 @@ def test_cbct_outputs_overlay_the_input(cbct_runs, inputs):
     gt, meta = read_volume(folder / "GT.nii.gz")
     recon, recon_meta = read_volume(folder / "recon.nii.gz")
     assert gt.shape == recon.shape == (10, 16, 16)
-    assert 0.0 <= gt.min() and gt.max() <= 1.0
+    assert -1000.0 <= gt.min() and gt.max() <= 1600.0  # in HU, clamped to the CT window
     np.testing.assert_allclose(meta["spacing"], (1.25 * 20 / 16, 1.25 * 20 / 16, 2.0), rtol=1e-6)
     np.testing.assert_allclose(meta["direction"], (1, 0, 0, 0, 1, 0, 0, 0, -1), atol=1e-6)  # LPI
     np.testing.assert_allclose(
@@ -184,7 +184,7 @@ def test_metrics_json_has_the_documented_keys(cbct_runs, zsr_runs):
         (zsr_runs[0], ["ATy", "recon"]),
     ):
         report = yaml.safe_load((folder / "metrics.json").read_text())
-        assert set(report) == {"data_range", "shape", "skip_fraction", "metrics"}
+        assert set(report) == {"intensity", "data_range", "shape", "skip_fraction", "metrics"}
         assert list(report["metrics"]) == names
         for values in report["metrics"].values():
             assert list(values) == list(METRIC_KEYS)
@@ -417,3 +417,32 @@ def test_a_failing_run_leaves_an_incomplete_folder_without_recon(
     assert (folder / "GT.nii.gz").exists()
     assert str(error) in (folder / MARKER).read_text()
     assert "run failed" in (folder / LOG_NAME).read_text()
+
+
+def test_outputs_are_in_the_input_units_and_slices_in_file_order(inputs, tmp_path):
+    """HU in, HU out (GT equals the input where nothing is resized or clamped), the NIfTI header says
+    what each file holds, and --slice-begin/--slice-end count slices in the file's own order."""
+    array, meta = read_volume(inputs["ct"])
+    results = tmp_path / "results"
+    argv = _flags(
+        data=inputs["ct"], task="SVCT", degree=8, method="FDK", slice_begin=1, slice_end=4,
+        device="cpu", results_dir=results, sirt_iter=1,
+    )  # fmt: skip
+    assert recon_CBCT.main(argv) == 0
+    (folder,) = _run_folders(results)
+    gt, gt_meta = read_volume(folder / "GT.nii.gz")
+    # The input is RAS: reorientation to LPI reverses every axis, so file slices 1..3 come back reversed.
+    expected = np.clip(array[1:4][::-1, ::-1, ::-1], -1000.0, 1600.0)
+    np.testing.assert_allclose(gt, expected, atol=0.5)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(folder / "GT.nii.gz"))
+    reader.ReadImageInformation()
+    assert "HU" in reader.GetMetaData("descrip")
+    assert float(reader.GetMetaData("cal_min")) == -1000.0 and float(reader.GetMetaData("cal_max")) == 1600.0
+    reader.SetFileName(str(folder / "measurement.nii.gz"))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("descrip").startswith("projections")
+    report = yaml.safe_load((folder / "metrics.json").read_text())
+    assert "normalised" in report["intensity"]

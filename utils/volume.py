@@ -7,7 +7,7 @@ physical space (3D Slicer, ITK-SNAP). Array axis ``n`` is SimpleITK index axis `
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -35,20 +35,9 @@ def _index_axis(array_axis: int) -> int:
     return 2 - array_axis
 
 
-def reorient(array: np.ndarray, meta: Meta, code: str = "LPI") -> Tuple[np.ndarray, Meta]:
-    """Permute and flip the array axes so that index axes x, y, z point towards ``code``'s letters.
-
-    This is what SimpleITK's ``DICOMOrient(image, code)`` does (no resampling): each index axis is
-    matched to the physical axis its direction cosine is closest to, then reordered and flipped.
-
-    Args:
-        array: volume ``[D, H, W]``.
-        meta: its geometry.
-        code: three letters, one of L/R, one of P/A, one of S/I in any order (default ``"LPI"``).
-
-    Returns:
-        ``(array, meta)`` in the new orientation (the array is a view where possible).
-    """
+def _orientation_map(meta: Meta, code: str) -> List[Tuple[int, bool]]:
+    """Per index axis of the reoriented volume: the input's index axis it comes from and whether it
+    is flipped (what :func:`reorient` does)."""
     letters = code.upper() if isinstance(code, str) else ""
     targets = [ORIENTATION_LETTERS.get(letter) for letter in letters]
     if len(targets) != 3 or None in targets or sorted(t[0] for t in targets) != [0, 1, 2]:
@@ -63,14 +52,37 @@ def reorient(array: np.ndarray, meta: Meta, code: str = "LPI") -> Tuple[np.ndarr
             "a direction whose columns are each closest to a different axis is accepted"
         )
     source_of = {int(p): a for a, p in enumerate(dominant)}
+    return [(source_of[axis], bool(np.sign(direction[axis, source_of[axis]]) != sign)) for axis, sign in targets]
+
+
+def source_axis(meta: Meta, code: str, array_axis: int) -> Tuple[int, bool]:
+    """Which array axis of the input volume becomes ``array_axis`` of ``reorient(.., code)``, and
+    whether its order is reversed there: ``(input array axis, flipped)``."""
+    index, flipped = _orientation_map(meta, code)[_index_axis(array_axis)]
+    return _index_axis(index), flipped
+
+
+def reorient(array: np.ndarray, meta: Meta, code: str = "LPI") -> Tuple[np.ndarray, Meta]:
+    """Permute and flip the array axes so that index axes x, y, z point towards ``code``'s letters.
+
+    This is what SimpleITK's ``DICOMOrient(image, code)`` does (no resampling): each index axis is
+    matched to the physical axis its direction cosine is closest to, then reordered and flipped.
+
+    Args:
+        array: volume ``[D, H, W]``.
+        meta: its geometry.
+        code: three letters, one of L/R, one of P/A, one of S/I in any order (default ``"LPI"``).
+
+    Returns:
+        ``(array, meta)`` in the new orientation (the array is a view where possible).
+    """
+    direction = _direction(meta)
     spacing, origin = np.asarray(meta["spacing"]), np.asarray(meta["origin"], dtype=np.float64)
     sizes = array.shape[::-1]
     corner = np.zeros(3)
     new_direction = np.zeros((3, 3))
     new_spacing, sources, flips = [], [], []
-    for t, (axis, sign) in enumerate(targets):
-        a = source_of[axis]
-        flip = np.sign(direction[axis, a]) != sign
+    for t, (a, flip) in enumerate(_orientation_map(meta, code)):
         corner[a] = sizes[a] - 1 if flip else 0
         new_direction[:, t] = -direction[:, a] if flip else direction[:, a]
         new_spacing.append(float(spacing[a]))
