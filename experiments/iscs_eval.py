@@ -416,8 +416,9 @@ class Evaluation:
         if key not in self._measured:
             problem = spec.problem
             array, meta = read_volume(problem.data)
-            gt, _ = problem.prepare(array, meta, self.device)
-            op = problem.operator(gt)
+            prepared = problem.prepare(array, meta, self.device)
+            gt = prepared.gt
+            op = problem.operator(gt, prepared.source_shape)
             y = problem.measure(op, gt, torch.Generator(self.device).manual_seed(0))
             self._measured[key] = Measured(problem, gt, op, y)
         return self._measured[key]
@@ -508,10 +509,15 @@ class Evaluation:
                 reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
                 raise RuntimeError(f"{case.key}: {script.name} exited with {done.returncode}: {reason}")
             (run,) = (path.parent for path in Path(folder).rglob("metrics.json"))
-            metrics = json.loads((run / "metrics.json").read_text())["metrics"]["recon"]
+            report = json.loads((run / "metrics.json").read_text())
+            metrics = report["metrics"]["recon"]
             recon, gt = (
                 torch.from_numpy(read_volume(_volume_file(run, name))[0]) for name in ("recon", "GT")
             )
+        # The volumes are written in the input's intensities, a linear map of the normalised space
+        # the metrics use; GT's range in both gives its scale, so the gap is back in that space.
+        low, scale = float(gt.min()), float(gt.max() - gt.min()) / report["data_range"]
+        recon, gt = (recon - low) / scale, (gt - low) / scale
         problem = spec.problem
         metrics["abs_delta_slices"] = _slice_gap(problem.to_stack(recon), problem.to_stack(gt))
         return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script"))

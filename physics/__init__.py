@@ -22,7 +22,7 @@ from physics.pinv import (
     SIRTPseudoInverse,
     make_pseudo_inverse,
 )
-from physics.zsr import ZAxisSuperResolution
+from physics.zsr import SlabAverage, ZAxisSuperResolution, slab_weights
 
 __all__ = [
     "CGPseudoInverse",
@@ -43,6 +43,8 @@ __all__ = [
     "SIRTPseudoInverse",
     "SIRTWeights",
     "ZAxisSuperResolution",
+    "SlabAverage",
+    "slab_weights",
     "cgls",
     "fdk",
     "make_pseudo_inverse",

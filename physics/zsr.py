@@ -190,3 +190,74 @@ class ZAxisSuperResolution:
     def decouple_matrix(self) -> torch.Tensor:
         """The orthonormal, symmetric ``factor x factor`` matrix (float64) behind :meth:`decouple`."""
         return _householder_basis(self.factor).clone()
+
+
+def slab_weights(factor: int, source_length: int, length: int) -> torch.Tensor:
+    """Averaging weights ``[K, length]`` of thick slabs defined on a source grid, seen on a resampled one.
+
+    Slab ``k`` is the physical interval of source slices ``[k factor, min((k + 1) factor, L_s))``
+    (``L_s = source_length``; the last slab may be thinner); the resampled grid covers the same
+    extent with ``length`` slices. Row ``k`` holds the fraction of each resampled slice inside slab
+    ``k``, divided by the slab's thickness in resampled slices, so that a row averages exactly the
+    part of the volume the slab covers. Computed in float64.
+    """
+    if not (_is_count(factor) and _is_count(source_length) and _is_count(length)) or factor < 2:
+        raise ValueError(
+            f"slab_weights needs integers factor >= 2, source_length >= 1, length >= 1; "
+            f"got {factor!r}, {source_length!r}, {length!r}"
+        )
+    scale = length / source_length
+    starts = torch.arange(0, source_length, factor, dtype=torch.float64)
+    stops = torch.clamp(starts + factor, max=source_length)
+    lo, hi = starts[:, None] * scale, stops[:, None] * scale
+    cells = torch.arange(length, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(hi, cells + 1) - torch.maximum(lo, cells)).clamp_(min=0)
+    return overlap / (hi - lo)
+
+
+class SlabAverage:
+    """Thick slabs of a source grid, averaged on a resampled grid: ``y = W x`` along ``axis``.
+
+    The z-axis super-resolution of a volume whose planes were resized: the thick slices average
+    groups of ``factor`` slices of the input's own grid (physical slabs), while the prior's grid
+    has another slice count. ``W`` comes from :func:`slab_weights` (full row rank: every slab covers
+    at least one resampled slice more than its neighbours); ``A_dagger`` applies its exact
+    Moore-Penrose pseudo-inverse, computed once in float64. Acts along one axis and keeps the
+    others, like :class:`ZAxisSuperResolution`.
+
+    Args:
+        factor: source slices per slab (>= 2).
+        source_length: slices of the source grid along the axis.
+        length: slices of the resampled grid along ``axis``.
+        axis: the axis averaged.
+    """
+
+    dagger_is_exact = True
+    input_shape = None
+    measurement_shape = None
+
+    def __init__(self, factor: int, source_length: int, length: int, axis: int = 2) -> None:
+        self.factor, self.source_length, self.length, self.axis = factor, source_length, length, axis
+        self.weights = slab_weights(factor, source_length, length)
+        self.pinv = torch.linalg.pinv(self.weights)
+        self.slab = factor * length / source_length
+        """Slab thickness in slices of the resampled grid."""
+
+    def _apply(self, matrix: torch.Tensor, t: torch.Tensor, expected: int, what: str) -> torch.Tensor:
+        if t.shape[self.axis] != expected:
+            raise ValueError(f"SlabAverage.{what}: expected {expected} entries along axis {self.axis}, "
+                             f"got {t.shape[self.axis]}")
+        moved = t.movedim(self.axis, -1)
+        return (moved @ matrix.to(t.dtype).to(t.device).T).movedim(-1, self.axis)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Slab means along ``axis``: ``length`` -> number of slabs."""
+        return self._apply(self.weights, x, self.length, "A")
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``W^T y`` along ``axis``."""
+        return self._apply(self.weights.T, y, self.weights.shape[0], "A_adjoint")
+
+    def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        """The exact pseudo-inverse ``W^+ y`` along ``axis``."""
+        return self._apply(self.pinv, y, self.weights.shape[0], "A_dagger")

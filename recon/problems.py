@@ -79,11 +79,13 @@ class Intensity:
 
 
 class Prepared(NamedTuple):
-    """The ground truth as the prior sees it, the geometry of its volume, and its intensity map."""
+    """The ground truth as the prior sees it, the geometry of its volume, its intensity map, and the
+    shape ``[D, H, W]`` of the input volume it was resized from (reoriented and cropped)."""
 
     gt: torch.Tensor
     meta: Meta
     intensity: Intensity
+    source_shape: Tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,10 @@ class ProblemSpec:
         cropped = self.slice_begin != 0 or self.slice_end != 0
         kept = f" in slices [{self.slice_begin}, {self.slice_end})" if cropped else ""
         _require_structure(volume, f"{self.data}{kept}")
+        source_shape = tuple(volume.shape)
         if self.recon_size is not None:
             volume, meta = resize_plane(volume, meta, self.slice_axis, self.recon_size)
-        return Prepared(self.to_stack(volume), meta, intensity)
+        return Prepared(self.to_stack(volume), meta, intensity, source_shape)
 
     def _oriented_range(self, shape, meta: Meta) -> Tuple[int, int]:
         """The slice range after reorientation to LPI of the range given in the file's own order.
@@ -228,8 +231,9 @@ class ProblemSpec:
         )
         return oriented
 
-    def operator(self, gt: torch.Tensor):
-        """The forward operator for the ground-truth stack ``gt`` (validates the named parameter)."""
+    def operator(self, gt: torch.Tensor, source_shape: Optional[Tuple[int, int, int]] = None):
+        """The forward operator for the ground-truth stack ``gt`` (validates the named parameter);
+        ``source_shape`` is the input volume's shape before resizing (None: ``gt``'s own grid)."""
         raise NotImplementedError
 
     def measure(self, op, gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -301,7 +305,7 @@ class CBCTProblem(ProblemSpec):
         """Clamp HU to the CT window and map it to [0, 1]."""
         return hu_to_unit(volume), Intensity(HU_WINDOW, "HU")
 
-    def operator(self, gt: torch.Tensor):
+    def operator(self, gt: torch.Tensor, source_shape: Optional[Tuple[int, int, int]] = None):
         """The cone-beam projector of the task's views for a volume shaped like ``gt``."""
         import physics
 
@@ -380,16 +384,30 @@ class ZSRProblem(ProblemSpec):
         unit, value_range = min_max_with_range(volume)
         return unit, Intensity(value_range)
 
-    def operator(self, gt: torch.Tensor):
-        """The slice-averaging operator along z of the stack ``gt``."""
+    def operator(self, gt: torch.Tensor, source_shape: Optional[Tuple[int, int, int]] = None):
+        """The slab-averaging operator along z of the stack ``gt``: each thick slice averages
+        ``factor`` slices of the INPUT's own z grid (``source_shape[0]`` slices), also when the
+        planes were resized to another number of slices along z."""
         import physics
 
         length = gt.shape[2]
-        if not 2 <= self.factor <= length:
+        source = length if source_shape is None else source_shape[0]
+        if source < 2:
+            raise ValueError(f"{self.data}: {source} slice along z; ZSR needs a volume of at least 2 slices")
+        if not 2 <= self.factor <= source:
             raise ValueError(
-                f"ZSR factor {self.factor} is out of range; accepted: 2 <= factor <= {length} (slices along z)"
+                f"ZSR factor {self.factor} is out of range; accepted: 2 <= factor <= {source} "
+                "(the input's slices along z)"
             )
-        return physics.ZAxisSuperResolution(self.factor, axis=2, length=length)
+        if source == length:
+            return physics.ZAxisSuperResolution(self.factor, axis=2, length=length)
+        op = physics.SlabAverage(self.factor, source, length, axis=2)
+        log.info(
+            "ZSR: %d input slices along z resampled to %d; each thick slice averages %d input slices "
+            "(%.3g slices of the prior's grid)",
+            source, length, self.factor, op.slab,
+        )
+        return op
 
     def measure(self, op, gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The thick slices (noise-free)."""
@@ -401,7 +419,7 @@ class ZSRProblem(ProblemSpec):
 
     def measurement(self, y: torch.Tensor, meta: Meta, op) -> Tuple[str, torch.Tensor, Meta, Optional[str]]:
         """The thick slices, centred in the middle of each group of ``factor`` thin slices."""
-        factor = op.factor
+        factor = getattr(op, "slab", op.factor)
         spacing = list(meta["spacing"])
         shift = (factor - 1) / 2 * spacing[2]
         direction_z = meta["direction"][2::3]

@@ -284,11 +284,11 @@ def _run(
     net = factory.load_prior(spec.prior, device) if spec.method.name in PRIOR_METHODS else None
     spec = factory.resolve(spec, None if net is None else net.config)
     sampler = factory.sampler_config(spec) if net is not None else None
-    gt, meta, intensity = spec.problem.prepare(array, meta, device)
+    gt, meta, intensity, source_shape = spec.problem.prepare(array, meta, device)
     if net is not None:
         spec = factory.resolve_compile(spec, tuple(gt.shape))
         factory.check_slice_batch(spec.prior, gt.shape[0])
-    op = spec.problem.operator(gt)
+    op = spec.problem.operator(gt, source_shape)
 
     parent = results_parent(spec)
     # Every rank is ready (input, prior, operator) before rank 0 creates the results folder.

@@ -446,3 +446,30 @@ def test_outputs_are_in_the_input_units_and_slices_in_file_order(inputs, tmp_pat
     assert reader.GetMetaData("descrip").startswith("projections")
     report = yaml.safe_load((folder / "metrics.json").read_text())
     assert "normalised" in report["intensity"]
+
+
+def test_zsr_factor_counts_the_input_slices(tmp_path, capsys):
+    """The factor groups the input's own z slices, also when the planes are resized: 32 slices of
+    1.5 mm at factor 4 give 8 thick slices of 6 mm, whatever the prior's grid; a factor larger than
+    the input's slices, or a 1-slice input, is refused before any folder exists."""
+    volume = torch.rand(32, 12, 12, generator=torch.Generator().manual_seed(0))
+    data = write_volume(tmp_path / "thin.pt", volume, {"spacing": (1.5, 1.5, 1.5)})
+    results = tmp_path / "results"
+    argv = _flags(data=data, method="A_dagger", degree=4, recon_size=64, device="cpu", results_dir=results)
+    assert recon_MRI_ZSR.main(argv) == 0
+    (folder,) = _run_folders(results)
+    y, y_meta = read_volume(next(folder.glob("y.*")))
+    assert y.shape[0] == 8
+    np.testing.assert_allclose(y_meta["spacing"][2], 6.0, rtol=1e-6)
+    recon, _ = read_volume(next(folder.glob("recon.*")))
+    assert recon.shape[0] == 64
+    for bad, message in (({"degree": 40}, "factor 40"), ({"data": None}, "at least 2 slices")):
+        if bad.get("data", 0) is None:
+            bad = {"data": write_volume(tmp_path / "one.pt", volume[:1], {"spacing": (1.5, 1.5, 1.5)})}
+        argv = _flags(**{**dict(data=data, method="A_dagger", degree=4, recon_size=64, device="cpu",
+                                results_dir=tmp_path / "refused"), **bad})  # fmt: skip
+        capsys.readouterr()
+        assert recon_MRI_ZSR.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+        assert not (tmp_path / "refused").exists()
