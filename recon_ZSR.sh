@@ -1,40 +1,34 @@
 #!/usr/bin/env bash
-# MRI z-axis super-resolution with a 2D diffusion prior on planes that contain z and ISCS noise.
-# Edit the variables below (or set them in the environment), then run:
-#   bash recon_ZSR.sh [more recon_MRI_ZSR.py options, e.g. --device cpu --slice-end 16]
-# Options given on the command line come last and override the variables.
-# The defaults reconstruct 32 coronal planes of the shipped demo MRI volume with the shipped MRI prior,
-# sized to finish in about a minute on a 2-core CPU; on a GPU run the whole volume with more steps:
-#   SLICE_BEGIN=0 SLICE_END=0 NFE=50 bash recon_ZSR.sh
+# MRI z-axis super-resolution with a 2D diffusion prior on planes that contain z, and ISCS noise.
+#
+# Every variable below is optional. Set it here or in the environment to pass its option; left
+# empty, recon_MRI_ZSR.py's own default applies (the same as `python recon_MRI_ZSR.py`; see its
+# --help). Options given on the command line come last and override the variables:
+#   bash recon_ZSR.sh                                       # the demo brain, x4, NFE 50, all planes
+#   NFE=10 SLICE_BEGIN=48 SLICE_END=80 bash recon_ZSR.sh    # CPU-sized: 32 coronal planes, 10 steps
+#   bash recon_ZSR.sh --data my_t1.nii.gz --degree 5
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
-DATA="${DATA:-$REPO/data/demo/mri_demo.nii.gz}"
-CHECKPOINT_PATH="${CHECKPOINT_PATH:-$REPO/checkpoints/mri_zsr_128.pt}"
-CONFIG_PATH="${CONFIG_PATH:-$REPO/configs/ve/MRI_ZSR_128.yaml}"     # empty: use the config inside the checkpoint
-TASK="${TASK:-ZSR}"
-DEGREE="${DEGREE:-4}"                   # the factor: thin slices averaged into one thick slice
-METHOD="${METHOD:-DDS}"                 # DDS, DDNM, ADMM-TV
-NFE="${NFE:-10}"                        # denoiser evaluations
-NUM_CG="${NUM_CG:-5}"                   # CG iterations per data-consistency step
-W_TIK="${W_TIK:-0}"                     # DDS proximal weight
-W_DZ="${W_DZ:-0}"                       # DDS+TV weight along z (0: off)
-NOISE_CONTROL="${NOISE_CONTROL:-SLERP}" # SLERP (ISCS), None (iid), BCS (shared), iscs, iid, shared, ar1
-RENOISE_METHOD="${RENOISE_METHOD:-DDS}" # DDPM, DDS, DiffPIR, DDIM
-SLICE_BEGIN="${SLICE_BEGIN:-48}"        # range of coronal slices [begin, end); both 0: whole volume
-SLICE_END="${SLICE_END:-80}"
-SEED="${SEED:-42}"
-RESULTS_DIR="${RESULTS_DIR:-results}"
 PYTHON="${PYTHON:-python}"
 
-"$PYTHON" "$REPO/recon_MRI_ZSR.py" \
-    --data "$DATA" \
-    --checkpoint-path "$CHECKPOINT_PATH" \
-    ${CONFIG_PATH:+--config-path "$CONFIG_PATH"} \
-    --task "$TASK" --degree "$DEGREE" --method "$METHOD" \
-    --NFE "$NFE" --num-cg "$NUM_CG" --w-tik "$W_TIK" --w-dz "$W_DZ" \
-    --noise-control "$NOISE_CONTROL" --renoise-method "$RENOISE_METHOD" \
-    --slice-begin "$SLICE_BEGIN" --slice-end "$SLICE_END" \
-    --seed "$SEED" --results-dir "$RESULTS_DIR" \
-    "$@"
-echo "Whole volume on a GPU: SLICE_BEGIN=0 SLICE_END=0 NFE=50 bash recon_ZSR.sh --device cuda"
+DATA="${DATA:-}"                       # input volume (NIfTI or .pt/.npy); default: the demo brain
+CHECKPOINT_PATH="${CHECKPOINT_PATH:-}" # score model; default: the shipped MRI prior
+CONFIG_PATH="${CONFIG_PATH:-}"         # model config; default: the one inside the checkpoint
+DEGREE="${DEGREE:-}"                   # the factor: input slices averaged into one thick slice
+METHOD="${METHOD:-}"                   # DDS, DDNM, ADMM-TV, A_dagger
+NFE="${NFE:-}"                         # denoiser evaluations
+NUM_CG="${NUM_CG:-}"                   # CG iterations per data-consistency step
+NOISE_CONTROL="${NOISE_CONTROL:-}"     # SLERP (ISCS), None (iid), BCS (shared), iscs, iid, shared, ar1
+SLICE_BEGIN="${SLICE_BEGIN:-}"         # coronal slice range [begin, end) in the file's own order
+SLICE_END="${SLICE_END:-}"
+SEED="${SEED:-}"
+RESULTS_DIR="${RESULTS_DIR:-}"
+
+args=()
+for pair in DATA:--data CHECKPOINT_PATH:--checkpoint-path CONFIG_PATH:--config-path DEGREE:--degree \
+    METHOD:--method NFE:--NFE NUM_CG:--num-cg NOISE_CONTROL:--noise-control SLICE_BEGIN:--slice-begin \
+    SLICE_END:--slice-end SEED:--seed RESULTS_DIR:--results-dir; do
+    name="${pair%%:*}"
+    if [[ -n "${!name}" ]]; then args+=("${pair#*:}" "${!name}"); fi
+done
+exec "$PYTHON" "$REPO/recon_MRI_ZSR.py" "${args[@]}" "$@"

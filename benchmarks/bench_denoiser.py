@@ -286,6 +286,10 @@ def report(args, rows, config):
         scope = "regional" if close else "full"
         ratio = cold["regional"]["s_per_slice"] / cold["full"]["s_per_slice"]
         print(f'DEFAULT_COMPILE_SCOPE = "{scope}"  # regional / full s/slice = {ratio:.3f}')
+    elif cold["regional"]:
+        # Full compilation did not finish within the budget: the scope measured is the one to use.
+        scope = "regional"
+        print(f'DEFAULT_COMPILE_SCOPE = "{scope}"  # full compilation not measured within the budget')
     else:
         scope = denoiser_module.DEFAULT_COMPILE_SCOPE
     eager_at_knee = next((r for r in of("eager") if r["chunk"] == (knee_chunk or default)), None)

@@ -290,7 +290,7 @@ class CBCTProblem(ProblemSpec):
     baseline_backend: str = "auto"
 
     slice_axis: ClassVar[int] = 0
-    PARAMETERS: ClassVar[Dict[str, str]] = {"LACT": "arc_degrees", "SVCT": "num_views"}
+    PARAMETERS: ClassVar[Dict[str, str]] = {"SVCT": "num_views", "LACT": "arc_degrees"}
     BASELINE_METHODS: ClassVar[Tuple[str, ...]] = ("FDK", "SIRT")
     DDNM_PINV: ClassVar[str] = "sirt"
 
@@ -438,7 +438,7 @@ CBCT_PROFILE = ScriptProfile(
     description="Cone-beam CT from a limited arc (LACT) or sparse views (SVCT) with a 2D diffusion prior "
     "and inter-slice consistent noise; simulates the projections of --data and reconstructs them.",
     problem=CBCTProblem,
-    degree=90,
+    degree=30,
     degree_help="LACT: covered arc in degrees (1..360); SVCT: number of views (1..360)",
     methods=GENERAL_METHODS + CBCTProblem.BASELINE_METHODS,
     data=REPO / "data/demo/ct_phantom_demo.nii.gz",

@@ -74,10 +74,9 @@ class Run:
     generator: torch.Generator
 
 
-def config_name(spec: RunSpec) -> str:
-    """The ``<config>`` level of the results folder: the config file, else the checkpoint, else none."""
-    if spec.prior.config is not None:
-        return volume_name(spec.prior.config)
+def prior_name(spec: RunSpec) -> str:
+    """The ``<prior>`` level of the results folder: the checkpoint's file name (whatever config it
+    is read with), or ``no-prior`` for a method without one."""
     return volume_name(spec.prior.checkpoint) if spec.method.name in PRIOR_METHODS else "no-prior"
 
 
@@ -103,7 +102,7 @@ def results_parent(spec: RunSpec) -> Path:
     problem = spec.problem
     return run_parent(
         spec.output.results_dir,
-        config_name(spec),
+        prior_name(spec),
         volume_name(problem.data),
         problem.task,
         problem.parameter,

@@ -277,7 +277,7 @@ def _cases():
         ("constant volume", recon_CBCT, ct_file("flat.nii.gz"), "constant"),
         ("empty slice range", recon_CBCT, ct(slice_begin=4, slice_end=4), "slice range [4, 4)"),
         ("slice range outside", recon_CBCT, ct(slice_end=11), "slice range [0, 11)"),
-        ("LACT arc too wide", recon_CBCT, ct(degree=400), "LACT degree"),
+        ("LACT arc too wide", recon_CBCT, ct(task="LACT", degree=400), "LACT degree"),
         ("SVCT too many views", recon_CBCT, ct(task="SVCT", degree=361), "SVCT degree"),
         ("ZSR factor too large", recon_MRI_ZSR,
          lambda i, b: {"data": i["mri"], "checkpoint_path": i["prior"], "degree": 17}, "ZSR factor 17"),

@@ -112,6 +112,8 @@ OPERATORS = {
         lambda: ZAxisSuperResolution(3, axis=2, shape=(2, 1, 10, 4)),
         (2, 1, 10, 4),
     ),
+    "slab_32_to_128": (lambda: physics.SlabAverage(4, 32, 128, axis=2), (2, 1, 128, 3)),
+    "slab_100_to_128": (lambda: physics.SlabAverage(4, 100, 128, axis=2), (2, 1, 128, 3)),
     "diff_axis0": (lambda: _Diff(0), (5, 1, 4, 6)),
     "diff_axis3": (lambda: _Diff(3), (5, 1, 4, 6)),
     "gradient_xyz": (lambda: _Gradient((0, 2, 3)), (5, 1, 4, 6)),
@@ -160,7 +162,7 @@ def test_physics_operators_keep_the_contract(name, gen):
 
 def test_every_physics_operator_class_is_tested_against_the_contract():
     tested = {type(make()) for make, _ in OPERATORS.values()}
-    assert _physics_operator_classes() == {ConeBeamCT, ZAxisSuperResolution}
+    assert _physics_operator_classes() == {ConeBeamCT, ZAxisSuperResolution, physics.SlabAverage}
     assert _physics_operator_classes() <= tested
     # The Protocol checks members: an object without A_dagger or the shapes does not pass.
     assert not isinstance(_Diff(0), LinearOperator)
