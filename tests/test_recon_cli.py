@@ -68,7 +68,7 @@ def test_cbct_only_options_are_absent_from_zsr():
 
 def test_task_defaults_and_choices():
     cbct, zsr = parse_args(CBCT_PROFILE, []), parse_args(ZSR_PROFILE, [])
-    assert (cbct.task, cbct.degree, cbct.method) == ("LACT", 90, "DDS")
+    assert (cbct.task, cbct.degree, cbct.method) == ("SVCT", 30, "DDS")
     assert (zsr.task, zsr.degree, zsr.method) == ("ZSR", 4, "DDS")
     assert isinstance(cbct.data, Path) and isinstance(cbct.checkpoint_path, Path)
     assert cbct.noise_control == "SLERP" and cbct.use_init is False and cbct.save_intermediates is False

@@ -133,7 +133,7 @@ def test_every_script_method_is_registered_once():
 
 
 def test_problem_specs_validate_their_task_and_parameter():
-    with pytest.raises(ValueError, match="CBCTProblem: task 'ZSR' is not accepted; accepted: LACT, SVCT"):
+    with pytest.raises(ValueError, match="CBCTProblem: task 'ZSR' is not accepted; accepted: SVCT, LACT"):
         CBCTProblem(task="ZSR", data=Path("v.nii.gz"), arc_degrees=90)
     with pytest.raises(ValueError, match="CBCTProblem: task SVCT needs num_views"):
         CBCTProblem(task="SVCT", data=Path("v.nii.gz"), arc_degrees=90)

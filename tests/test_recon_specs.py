@@ -57,7 +57,7 @@ def test_spec_options_are_the_parsed_options_in_the_parser_order(profile):
 
 
 def test_degree_and_num_cg_map_to_named_fields():
-    lact = spec_from_args(parse_args(CBCT_PROFILE, ["--degree", "120", "--num-cg", "4"]))
+    lact = spec_from_args(parse_args(CBCT_PROFILE, ["--task", "LACT", "--degree", "120", "--num-cg", "4"]))
     assert lact.problem == CBCTProblem(task="LACT", data=CBCT_PROFILE.data, arc_degrees=120)
     assert (lact.method.dc_cg_iters, lact.method.admm_cg_iters) == (4, 4)
     svct = spec_from_args(parse_args(CBCT_PROFILE, ["--task", "SVCT", "--degree", "20"]))
