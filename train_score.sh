@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train, or continue training, one of the shipped demo priors. Edit the variables below or set them
-# in the environment (e.g. `PRIOR=mri_zsr_128 MAX_MINUTES=9 bash train_score.sh`); extra arguments
+# in the environment (e.g. `PRIOR=mri_dr_128 MAX_MINUTES=9 bash train_score.sh`); extra arguments
 # go to train_score.py (see `python train_score.py --help`).
 #
 # Continuing: if RUN_DIR holds a checkpoint the run resumes from it (model, EMA, optimiser, step,
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PRIOR=${PRIOR:-ct_phantom_128}          # ct_phantom_128 | mri_zsr_128 | ct_dr_128 | mri_dr_128
+PRIOR=${PRIOR:-ct_dr_128}               # ct_dr_128 | mri_dr_128 (shipped) | ct_phantom_128 | mri_zsr_128 (their bases)
 RUN_DIR=${RUN_DIR:-runs/$PRIOR}         # checkpoints, loss log, sample grids
 MAX_MINUTES=${MAX_MINUTES:-9}           # wall-clock budget of this call (saves and exits before it)
 BATCH_SIZE=${BATCH_SIZE:-128}

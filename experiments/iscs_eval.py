@@ -92,8 +92,8 @@ DEFAULT_RESULTS = RESULTS / "iscs_eval.jsonl"
 DEFAULT_TUNING = RESULTS / "iscs_tuning.json"
 DEFAULT_CACHE = ROOT / "data" / "cache" / "iscs_eval"
 CHECKPOINTS = {
-    "ct": ROOT / "checkpoints" / "ct_phantom_128.pt",
-    "mri": ROOT / "checkpoints" / "mri_zsr_128.pt",
+    "ct": ROOT / "checkpoints" / "ct_dr_128.pt",
+    "mri": ROOT / "checkpoints" / "mri_dr_128.pt",
 }
 DEFAULT_TEMPLATE = ROOT / "data" / "cache" / "mni152_t1.pt"
 

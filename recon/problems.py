@@ -442,7 +442,7 @@ CBCT_PROFILE = ScriptProfile(
     degree_help="LACT: covered arc in degrees (1..360); SVCT: number of views (1..360)",
     methods=GENERAL_METHODS + CBCTProblem.BASELINE_METHODS,
     data=REPO / "data/demo/ct_phantom_demo.nii.gz",
-    checkpoint=REPO / "checkpoints/ct_phantom_128.pt",
+    checkpoint=REPO / "checkpoints/ct_dr_128.pt",
     extra=(
         (
             "--sino-noise",
@@ -476,7 +476,7 @@ ZSR_PROFILE = ScriptProfile(
     degree_help="ZSR: the factor, number of thin slices averaged into one thick slice (>= 2)",
     methods=GENERAL_METHODS + ZSRProblem.BASELINE_METHODS,
     data=REPO / "data/demo/mri_demo.nii.gz",
-    checkpoint=REPO / "checkpoints/mri_zsr_128.pt",
+    checkpoint=REPO / "checkpoints/mri_dr_128.pt",
 )
 
 PROFILES: Dict[str, ScriptProfile] = {
