@@ -44,6 +44,11 @@ GATHER_SWEEP = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 1), (256, 
 def _diffct_operators(geometry: ConeBeamGeometry, views: torch.Tensor, device):
     """diffct's (A, A^T) on our layouts ([D, H, W] <-> [V, rows, cols]), or None without diffct."""
     try:
+        import numpy
+
+        # diffct's numba-cuda still registers numpy.row_stack, which numpy 2.4 removed.
+        if not hasattr(numpy, "row_stack"):
+            numpy.row_stack = numpy.vstack
         import diffct
     except ImportError:
         return None

@@ -45,11 +45,12 @@ REGIONAL_BLOCKS = (ResnetBlockBigGAN, ResnetBlockDDPM, AttnBlock)
 CPU_SLICE_BATCH = 4
 """Slices per chunk on the CPU, where memory is not the limit."""
 
-KNEE_PIXELS = 32 * 256 * 256
+KNEE_PIXELS = 16 * 256 * 256
 """Pixels per network call (slices x H x W) from which the GPU runs the network at full throughput
-(the knee): automatic chunks hold at most KNEE_PIXELS // (H W) slices, 32 for 256 x 256 planes.
-Bigger chunks buy no speed, compile longer and hold more memory. A default until measured on the
-GPU: benchmarks/bench_denoiser.py prints the measured value."""
+(the knee): automatic chunks hold at most KNEE_PIXELS // (H W) slices, 16 for 256 x 256 planes.
+Bigger chunks buy no speed, compile longer and hold more memory. Measured by
+benchmarks/bench_denoiser.py on an H200 (eager bf16 + CUDA graph: 11.50 ms/slice at 16 slices,
+11.35 at 64; BENCHMARKS.md)."""
 
 PROBE_SLICES = 8
 """Slices of the probe call that measures one slice's peak memory."""
@@ -66,15 +67,17 @@ RESERVE_FIXED_BYTES = 2 * 2**30
 """... plus this much for the operator's and libraries' workspaces."""
 
 # should_compile's model of the 256 x 256 NCSN++ in bf16 on one GPU (NVIDIA H200); times scale with
-# the pixels of a plane. Set from benchmarks/bench_denoiser.py, which prints all three.
-EAGER_S_PER_SLICE_256 = 8.85e-3
-"""Seconds per slice of the eager bf16 network at the knee chunk."""
+# the pixels of a plane. benchmarks/bench_denoiser.py prints all three; BENCHMARKS.md has the runs.
+EAGER_S_PER_SLICE_256 = 11.5e-3
+"""Seconds per slice of the eager bf16 network at the knee chunk (measured 11.50 ms on an H200)."""
 
 COMPILED_S_PER_SLICE_256 = 3.9e-3
-"""Seconds per slice of the compiled (DEFAULT_COMPILE_SCOPE) network replayed in a CUDA graph."""
+"""Seconds per slice of the compiled (DEFAULT_COMPILE_SCOPE) network replayed in a CUDA graph
+(benchmarks/bench_e2e_dds.py: 1.005 s per NFE on 256 slices, H200)."""
 
 COMPILE_SECONDS = 120.0
-"""First compile of DEFAULT_COMPILE_SCOPE with empty caches (the first run on a machine)."""
+"""First compile of DEFAULT_COMPILE_SCOPE with empty caches (the first run on a machine): about
+120 s on two fresh H200 machines; regional compilation had not finished after 59 s either."""
 
 CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
 """Compile-cache variables that configure_compile_cache points into the per-user cache folder."""

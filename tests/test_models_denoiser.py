@@ -15,7 +15,7 @@ from models import (
     load_score_model,
     should_compile,
 )
-from models.denoiser import configure_compile_cache, fit_chunk, knee_slices
+from models.denoiser import KNEE_PIXELS, configure_compile_cache, fit_chunk, knee_slices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "data", "parity_small_config.yaml")
@@ -73,7 +73,8 @@ def test_chunk_size_on_cpu_is_fixed(net):
 
 
 def test_knee_and_memory_fit():
-    assert knee_slices(256, 256) == 32 and knee_slices(128, 128) == 128 and knee_slices(4096, 4096) == 1
+    assert knee_slices(256, 256) == 16 and knee_slices(128, 128) == 64 and knee_slices(4096, 4096) == 1
+    assert knee_slices(100, 100) == KNEE_PIXELS // 10_000
     gib, mib = 2**30, 2**20
     # 100 MiB a slice with the 1.25 margin: 10 GiB hold 81 slices, capped at the knee; 1 GiB holds 8.
     assert fit_chunk(100 * mib, 10 * gib, knee=32) == 32
