@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Protocol, Tuple, Union
 import torch
 from tqdm import tqdm
 
+from models.sde import ve_sigma
+
 from .noise import NoiseSource, make_noise
 from .renoise import EtaRenoise, make_renoise
 
@@ -59,7 +61,7 @@ class ConsistencyStep:
 
 
 def get_sigmas(nfe: int, sigma_min: float, sigma_max: float, eps: float = 1e-5) -> torch.Tensor:
-    """The VE-SDE noise levels of the reference: ``sigma_min (sigma_max / sigma_min)^t``.
+    """The VE-SDE noise levels of the reference: :func:`models.sde.ve_sigma` at ``nfe`` times from 1 to ``eps``.
 
     Args:
         nfe: number of levels (one denoiser evaluation each), >= 1.
@@ -75,8 +77,7 @@ def get_sigmas(nfe: int, sigma_min: float, sigma_max: float, eps: float = 1e-5) 
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if not 0 < eps < 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps}")
-    t = torch.linspace(1.0, eps, nfe, dtype=torch.float64)
-    return sigma_min * (sigma_max / sigma_min) ** t
+    return ve_sigma(torch.linspace(1.0, eps, nfe, dtype=torch.float64), sigma_min, sigma_max)
 
 
 def _check_same_device(x: torch.Tensor, generator: torch.Generator, what: str) -> None:

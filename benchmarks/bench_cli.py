@@ -64,11 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_inputs(args: argparse.Namespace, work: Path) -> Dict[str, Path]:
     """The phantoms (``vol<D>.pt``) and the random-weight checkpoint (``rand256.pt``) in ``work``."""
-    import torch
-
     from benchmarks.bench_network import random_network
     from datasets.ct_phantom import EVAL_SEEDS, default_spacing, generate_phantom, phantom_meta
     from models import export_weights, load_config
+    from utils.device import default_device
     from utils.io import write_volume
 
     paths: Dict[str, Path] = {}
@@ -84,7 +83,7 @@ def make_inputs(args: argparse.Namespace, work: Path) -> Dict[str, Path]:
         volume = work / f"vol{depth}.pt"
         if not volume.is_file():
             shape = (depth, args.size, args.size)
-            hu = generate_phantom(EVAL_SEEDS[0], shape=shape, device="cuda" if torch.cuda.is_available() else "cpu")
+            hu = generate_phantom(EVAL_SEEDS[0], shape=shape, device=default_device())
             meta = phantom_meta(shape, default_spacing(shape))
             write_volume(volume, hu.float().cpu(), meta)
         paths[f"vol{depth}"] = volume

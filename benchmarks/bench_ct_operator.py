@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
+from utils.device import default_device, device_name  # noqa: E402
 
 
 def _timed(fn, repeats: int, device: torch.device):
@@ -72,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     parser.add_argument("--size", type=int, default=256 if device.type == "cuda" else 32, help="volume edge")
     parser.add_argument("--repeats", type=int, default=5 if device.type == "cuda" else 1, help="timed runs")
     parser.add_argument("--views", type=int, nargs="+", default=[20, 90, 360], help="view counts (SVCT)")
@@ -82,7 +83,7 @@ def main() -> None:
     geometry = ConeBeamGeometry.for_volume((size, size, size))
     x = _phantom(size, device)
     results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "size": size,
         "detector": [geometry.det_rows, geometry.det_cols],

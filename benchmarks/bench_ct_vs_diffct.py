@@ -34,6 +34,7 @@ from bench_ct_operator import _phantom, _relative, _timed, write_json  # noqa: E
 
 from physics import ConeBeamGeometry, _cone_triton, select_views  # noqa: E402
 from physics.cone_beam import index_space_vectors  # noqa: E402
+from utils.device import default_device, device_name  # noqa: E402
 
 # (detector tile, warps) of the forward and (slices, warps) of the gather tried by the sweep.
 FORWARD_SWEEP = [((8, 16), 4), ((16, 16), 4), ((16, 16), 8), ((4, 32), 4), ((8, 32), 4), ((8, 32), 8),
@@ -117,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     parser.add_argument("--size", type=int, default=256, help="volume edge")
     parser.add_argument("--views", type=int, nargs="+", default=[360, 20], help="view counts (SVCT)")
     parser.add_argument("--repeats", type=int, default=10 if device.type == "cuda" else 1, help="timed runs")
@@ -132,7 +133,7 @@ def main() -> None:
     det = (geometry.det_rows, geometry.det_cols)
     x = _phantom(size, device)[:, 0].contiguous()
     results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "size": size,
         "detector": list(det),

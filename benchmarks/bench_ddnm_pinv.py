@@ -33,21 +33,17 @@ from physics import (  # noqa: E402
     make_pseudo_inverse,
     select_views,
 )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 
 
 def _timed(fn, device, repeats: int = 1):
     """Median seconds of ``fn()`` over ``repeats`` runs, and its last output."""
     times, out = [], None
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         out = fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -67,7 +63,7 @@ def _variant(name: str, build, counting: CountingOperator, x0: torch.Tensor, dev
 
 
 def main() -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -101,7 +97,7 @@ def main() -> None:
                 counting, y, make_pseudo_inverse("sirt", counting, n_iter=args.sirt_iter, backend="astra")
             )
     results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "size": args.size,
         "views": f"{args.task}-{args.degree}: {op.views.numel()}",

@@ -44,6 +44,7 @@ from benchmarks.bench_network import make_config, random_network  # noqa: E402
 from models import Denoiser  # noqa: E402
 from models import denoiser as denoiser_module  # noqa: E402
 from models.denoiser import COMPILE_SCOPES  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 
 KNEE_TOLERANCE = 0.05
 """A chunk is at the knee when its s/slice is within this fraction of the best chunk's."""
@@ -62,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--budget-s", type=float, default=230.0, help="wall-clock budget of the whole command"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--image-size", type=int, default=None, help="override data.image_size (CPU runs)")
     parser.add_argument("--nf", type=int, default=None, help="override model.nf (CPU runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -80,11 +81,6 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------
 # Worker: one process measuring one path over a list of chunk sizes, one JSON line per chunk.
 # ------------------------------------------------------------------------------------------------
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(denoiser, chunk, config, args, device):
@@ -317,7 +313,7 @@ def main(argv=None):
     chunks = [int(c) for c in args.chunks.split(",")]
     others = [c for c in chunks if c != args.default_chunk]
     print(
-        f"device {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
+        f"device {device_name(args.device)}, "
         f"torch {torch.__version__}, "
         f"{args.config.name} at {config.data.image_size}, nf {config.model.nf}, bf16, channels_last; "
         f"budget {args.budget_s:.0f} s",

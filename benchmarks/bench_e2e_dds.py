@@ -57,7 +57,7 @@ from datasets.ct_phantom import EVAL_SEEDS, generate_phantom  # noqa: E402
 from models import Denoiser, load_config  # noqa: E402
 from models.denoiser import COMPILE_MODES  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
-from recon.parser import default_device  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 REFERENCE_BATCH = 15
@@ -189,11 +189,6 @@ def write_json(result):
         Path(out_dir, "bench_e2e_dds.json").write_text(json.dumps(result, indent=1))
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_config(name, base_net, gt, op, y, sigmas, args, device):
     """One timed reconstruction; returns (result row, reconstruction)."""
     torch.backends.cudnn.benchmark = False
@@ -285,7 +280,7 @@ def main(argv=None) -> int:
     flops = count_flops(base_net.to(device), gt[:1], torch.ones(1, device=device))
     base_net.cpu()
     sigmas = get_sigmas(args.nfe, float(config.model.sigma_min), float(config.model.sigma_max))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = device_name(device)
     print(
         f"device: {name}  torch {torch.__version__}  volume {list(gt.shape)}  views {args.views}  "
         f"NFE {args.nfe}  CG {args.num_cg}  network {flops / 1e12:.3f} TFLOP/slice  setup {setup_s:.1f} s",

@@ -53,10 +53,11 @@ sys.path.insert(0, str(ROOT))
 import algorithms  # noqa: E402
 from datasets.ct_phantom import EVAL_SEEDS, generate_phantom  # noqa: E402
 from models import Denoiser, build_model, load_config  # noqa: E402
-from models.denoiser import PRECISIONS  # noqa: E402
+from models.precision import PRECISIONS  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
 from recon import distributed  # noqa: E402
-from recon.parser import DEVICES, default_device  # noqa: E402
+from recon.parser import DEVICES  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 RESULT_NAME = "bench_multigpu.json"
@@ -91,11 +92,6 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------- worker side
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Timed:
@@ -243,10 +239,6 @@ def launch(args, argv, nprocs: int, mode: str, result: Path) -> subprocess.Compl
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
 
 
-def device_name(args) -> str:
-    return torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -262,7 +254,7 @@ def main(argv=None) -> int:
     skipped = [n for n in counts if n > available]
     counts = [n for n in counts if n <= available]
     print(
-        f"device: {device_name(args)} x {available}  torch {torch.__version__}  "
+        f"device: {device_name(args.device)} x {available}  torch {torch.__version__}  "
         f"volume {args.slices}x{args.size}x"
         f"{args.size}  SVCT {args.views} views  DDS nCG {args.num_cg}  {args.precision}  slice batch "
         f"{args.slice_batch}  timed NFE {args.nfe}"
@@ -329,7 +321,7 @@ def main(argv=None) -> int:
     out_dir = os.environ.get("OUT")
     if out_dir:
         summary = {
-            "device": device_name(args),
+            "device": device_name(args.device),
             "torch": torch.__version__,
             "options": {
                 k: str(v) if isinstance(v, Path) else v

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from models import build_model, load_config  # noqa: E402
 from models.layers import GaussianFourierProjection, variance_scaling  # noqa: E402
 from op import FORCE_TORCH_ENV  # noqa: E402
-from recon.parser import default_device  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 
 REFERENCE_BATCH = 15
 
@@ -160,11 +160,6 @@ def count_flops(net, x, sigma):
     with counter, torch.no_grad():
         net(x, sigma)
     return counter.get_total_flops()
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def capture_graph(fn):
@@ -324,7 +319,7 @@ def main():
     flops = count_flops(base.to(device), inputs[:1].to(device), sigmas[:1].to(device))
     base = base.cpu()
     print(
-        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}  "
+        f"device: {device_name(device)}  "
         f"torch {torch.__version__}  cudnn {torch.backends.cudnn.version()}  "
         f"TF32 conv {torch.backends.cudnn.allow_tf32} matmul {torch.backends.cuda.matmul.allow_tf32}"
     )

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algorithms.noise import ISCS_PATH_STRIDE, NOISE_SOURCES, iscs_angles  # noqa: E402
-from recon.parser import default_device  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
 
 
 def materialised_iscs(
@@ -49,16 +49,11 @@ def materialised_iscs(
     return path.index_select(0, kept)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn, device: torch.device, repeats: int, warmup: int) -> dict:
     """Mean wall time per call (ms) and the peak device memory above the start (MiB, CUDA only)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     peak_mib = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -66,7 +61,7 @@ def measure(fn, device: torch.device, repeats: int, warmup: int) -> dict:
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _sync(device)
+    synchronize(device)
     elapsed_ms = (time.perf_counter() - start) * 1e3 / repeats
     if device.type == "cuda":
         peak_mib = (torch.cuda.max_memory_allocated(device) - start_bytes) / 2**20
@@ -133,7 +128,7 @@ def main() -> None:
         row["step_share"] = row["ms"] / (args.step_time * 1e3)
         row["max_abs_var_minus_1"] = variances[name]
     result = {
-        "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "shape": list(shape),
         "step_time_s": args.step_time,

@@ -23,7 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from bench_ct_operator import write_json  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry  # noqa: E402
-from recon.parser import default_device  # noqa: E402
+from utils.device import default_device  # noqa: E402
 
 
 def _phantom(size: int) -> np.ndarray:

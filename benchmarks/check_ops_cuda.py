@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from op import ACTIVATIONS, FORCE_TORCH_ENV, fused_bias_act, load_extension, upfirdn2d  # noqa: E402
 from op.fused_act import fused_bias_act_torch  # noqa: E402
 from op.upfirdn2d import upfirdn2d_torch  # noqa: E402
+from utils.device import device_name  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 """Relative L2 error allowed: fp32 against the fp32 torch path, 16-bit against the fp64 function of
@@ -238,7 +239,7 @@ def main() -> int:
     start = time.perf_counter()
     extension = load_extension()
     build_s = time.perf_counter() - start
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  CUDA {torch.version.cuda}")
+    print(f"device: {device_name('cuda')}  torch {torch.__version__}  CUDA {torch.version.cuda}")
     if extension is None:
         print("FAILED: the CUDA extension did not build (see the warning above)")
         return 1
@@ -274,7 +275,7 @@ def main() -> int:
     out_dir = os.environ.get("OUT")
     if out_dir:
         result = {
-            "device": torch.cuda.get_device_name(),
+            "device": device_name("cuda"),
             "torch": torch.__version__,
             "build_s": build_s,
             "checks": rows,

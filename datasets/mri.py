@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from datasets.fields import blur_axis, bspline_matrix, interpolate_grid, piecewise_linear
 from datasets.seeds import check_seed
+from utils.volume import min_max
 
 TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 TRAIN_SEEDS = range(1_000_000)
@@ -249,7 +250,7 @@ class MRIAugmenter:
             volume = remap_contrast(volume, look, self.appearance.contrasts)
             volume = self._intensity(volume, gen)
             volume = self.appearance.degrade(volume, look, self.spacing)
-        return (volume - volume.min()) / (volume.max() - volume.min()).clamp_min(1e-8)
+        return min_max(volume)
 
     def warp(self, seed: int) -> torch.Tensor:
         """Only the geometric part of the augmentation of ``seed``: the template's intensities ``[D, H, W]``

@@ -21,27 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from datasets import ct_phantom, ct_randomize, mri
-
-HU_MIN, HU_MAX = -1000.0, 1600.0
-
-
-def hu_to_unit(hu: torch.Tensor) -> torch.Tensor:
-    """Clamp HU to [-1000, 1600] and map linearly to [0, 1]."""
-    return (hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
-
-
-def minmax_to_unit(volume: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise a volume to [0, 1] (a constant volume becomes 0)."""
-    low, high = volume.min(), volume.max()
-    return (volume - low) / (high - low).clamp_min(1e-8)
-
+from utils.volume import hu_to_unit, min_max
 
 PLANES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "axial": lambda v: v.unsqueeze(1),
     "coronal": lambda v: v.permute(1, 0, 2).unsqueeze(1),
     "sagittal": lambda v: v.permute(2, 0, 1).unsqueeze(1),
 }
-INTENSITY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ct": hu_to_unit, "minmax": minmax_to_unit}
+# A constant volume is refused by "minmax" here as at inference (utils.volume.min_max), so both see one mapping.
+INTENSITY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"ct": hu_to_unit, "minmax": min_max}
 
 
 def volume_to_slices(volume: torch.Tensor, plane: str, size: int) -> torch.Tensor:
@@ -61,7 +49,8 @@ class NiftiSlices(torch.utils.data.Dataset):
         paths: volume files (anything ``utils.io.read_volume`` reads).
         plane: ``axial``, ``coronal`` or ``sagittal``.
         size: training size S (slices are resized to S x S).
-        intensity: ``ct`` (HU clamp and map) or ``minmax`` (per volume).
+        intensity: ``ct`` (HU clamp and map) or ``minmax`` (per volume; a constant volume is refused
+            with a ValueError naming its file, as at inference).
     """
 
     def __init__(self, paths: Sequence[str | Path], plane: str = "axial", size: int = 128,
@@ -72,8 +61,13 @@ class NiftiSlices(torch.utils.data.Dataset):
             raise ValueError(f"intensity {intensity!r}: accepted values are {sorted(INTENSITY)}")
         if not paths:
             raise ValueError("NiftiSlices: no volume files given; at least one path is accepted")
-        stacks = [volume_to_slices(INTENSITY[intensity](torch.from_numpy(read_volume(p)[0])), plane, size)
-                  for p in paths]
+        stacks = []
+        for path in paths:
+            try:
+                unit = INTENSITY[intensity](torch.from_numpy(read_volume(path)[0]))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+            stacks.append(volume_to_slices(unit, plane, size))
         self.slices = torch.cat(stacks)
 
     def __len__(self) -> int:

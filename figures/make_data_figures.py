@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets import ct_phantom, ct_randomize, mri
-from datasets.slices import hu_to_unit
+from utils.volume import hu_to_unit
 
 SEEDS = (ct_phantom.EVAL_SEEDS[0], ct_phantom.EVAL_SEEDS[1], ct_phantom.EVAL_SEEDS[2])
 

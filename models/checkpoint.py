@@ -19,7 +19,6 @@ one-off conversion to the compact format (python -m models.convert_checkpoint).
 
 import contextlib
 import json
-import os
 import pickle
 import re
 import warnings
@@ -29,6 +28,7 @@ import torch
 
 from models.config import SCHEMA, describe_source, load_config
 from models.ncsnpp import build_model
+from utils.io import write_verified
 
 COMPACT_FORMAT = "iscs-score-weights"
 COMPACT_VERSION = 1
@@ -191,24 +191,13 @@ def export_weights(path, model, config, meta=None, dtype=torch.float16):
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save obj to path through a temporary file in the same folder, flushed to disk and then
-    renamed over path, so a crash or a full disk never leaves a partial file under path.
+    """torch.save obj to path by :func:`utils.io.write_verified`, so a crash or a full disk never leaves a
+    partial file under path.
 
     Raises:
         OSError: the file could not be written (one line naming it); no temporary file is left.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except (OSError, RuntimeError) as err:
-        temporary.unlink(missing_ok=True)
-        raise OSError(f"could not write {path} ({_first_line(err)})") from None
+    write_verified(path, lambda temporary: torch.save(obj, temporary))
 
 
 def _allowed_globals():

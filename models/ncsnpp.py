@@ -7,7 +7,6 @@ fit for torch.compile, bf16 autocast and channels_last.
 """
 
 import functools
-import math
 from typing import NamedTuple
 
 import torch
@@ -29,6 +28,7 @@ from models.layers import (
     residual_sum,
     timestep_embedding,
 )
+from models.sde import ve_sigma
 
 
 class _DownLevel(NamedTuple):
@@ -68,11 +68,7 @@ class NCSNpp(nn.Module):
         m, data = config.model, config.data
         self.register_buffer(
             "sigmas",
-            torch.exp(
-                torch.linspace(
-                    math.log(m.sigma_max), math.log(m.sigma_min), m.num_scales, dtype=torch.float64
-                )
-            ),
+            ve_sigma(torch.linspace(1.0, 0.0, m.num_scales, dtype=torch.float64), m.sigma_min, m.sigma_max),
         )
         self.act = act = NONLINEARITIES[m.nonlinearity]()
         self.nf = nf = m.nf

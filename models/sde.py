@@ -32,8 +32,8 @@ class VESDE:
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self.N = int(N)
-        self.discrete_sigmas = torch.exp(
-            torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64)
+        self.discrete_sigmas = ve_sigma(
+            torch.linspace(0.0, 1.0, self.N, dtype=torch.float64), self.sigma_min, self.sigma_max
         )
 
     def sigma(self, t):

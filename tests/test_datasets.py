@@ -14,10 +14,9 @@ from datasets.slices import (
     NiftiSlices,
     PhantomSlices,
     RandomizedCTSlices,
-    hu_to_unit,
-    minmax_to_unit,
     volume_to_slices,
 )
+from utils.volume import hu_to_unit, min_max_with_range
 
 SMALL = (24, 64, 64)
 
@@ -137,10 +136,16 @@ def test_planes_and_resizing():
         volume_to_slices(volume, "oblique", 4)
 
 
-def test_intensity_maps():
-    hu = torch.tensor([-2000.0, -1000.0, 300.0, 1600.0, 3000.0])
-    assert torch.allclose(hu_to_unit(hu), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
-    assert torch.allclose(minmax_to_unit(torch.tensor([2.0, 4.0, 6.0])), torch.tensor([0.0, 0.5, 1.0]))
+def test_a_constant_volume_is_refused_by_training_as_by_inference(tmp_path):
+    from utils.io import write_volume
+
+    flat = write_volume(tmp_path / "flat.nii.gz", torch.full((3, 8, 8), 7.0).numpy(), ct_phantom.phantom_meta((3, 8, 8)))
+    with pytest.raises(ValueError, match=r"flat\.nii\.gz: volume is constant \(every voxel is 7\)"):
+        NiftiSlices([flat], intensity="minmax", size=8)
+    with pytest.raises(ValueError, match=r"^volume is constant \(every voxel is 7\)"):
+        min_max_with_range(torch.full((3, 8, 8), 7.0))
+    # HU clamping has no such case: a constant CT volume is valid training data.
+    assert torch.equal(NiftiSlices([flat], intensity="ct", size=8).slices, torch.full((3, 1, 8, 8), 1007.0 / 2600.0))
 
 
 def test_nifti_slices_from_a_written_phantom(tmp_path, gen):

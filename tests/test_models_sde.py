@@ -76,3 +76,14 @@ def test_reverse_diffusion_step_on_a_gaussian():
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError, match="VESDE needs"):
         VESDE(**{"sigma_min": 0.01, "sigma_max": 1.0, "N": 10, **kwargs})
+
+
+def test_sampler_levels_and_discrete_sigmas_are_one_geometric_schedule():
+    from algorithms.sampler import get_sigmas
+
+    levels = get_sigmas(6, 0.01, 378.0, eps=1e-9)
+    assert levels[0].item() == pytest.approx(378.0) and levels[-1].item() == pytest.approx(0.01, rel=1e-6)
+    ratios = levels[1:] / levels[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, (0.01 / 378.0) ** (1 / 5)), rtol=1e-6, atol=0)
+    # The SDE's discrete levels are the same schedule in increasing order.
+    torch.testing.assert_close(VESDE(0.01, 378.0, 6).discrete_sigmas, levels.flip(0), rtol=1e-6, atol=0)
