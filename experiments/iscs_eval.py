@@ -72,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -443,6 +444,8 @@ class Evaluation:
         self._measured: Dict[Tuple[str, int], Measured] = {}
         self._augmenter = None
         self.hashes = {name: checkpoint_hash(path) for name, path in checkpoints.items()}
+        # The user path's worker threads share the volume cache and the loaded priors.
+        self._lock = threading.Lock()
 
     @property
     def tags(self) -> Dict[str, str]:
@@ -505,10 +508,13 @@ class Evaluation:
         weight = self.weight(case.method, case.problem) if weight is None else weight
         problem = PROBLEMS[case.problem]
         problem_class = PROBLEM_CLASSES[problem.task]
+        with self._lock:
+            data = self.volume_file(problem.source, case.volume)
+            recon_size = int(self.net(problem.prior).config.data.image_size)
         problem_spec = problem_class(
             task=problem.task,
-            data=self.volume_file(problem.source, case.volume),
-            recon_size=int(self.net(problem.prior).config.data.image_size),
+            data=data,
+            recon_size=recon_size,
             **{problem_class.PARAMETERS[problem.task]: problem.parameter},
             **problem.options,
         )
