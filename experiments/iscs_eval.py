@@ -159,7 +159,9 @@ PROBLEMS: Dict[str, Problem] = {
     "LACT-100:torso": Problem("LACT", 100, "torso", "ct", "FDK", TORCH_BASELINES, "LACT-100"),
     "ZSR-4:brain-mr": Problem("ZSR", 4, "brain-mr", "mri", "A_dagger", {}, "ZSR-4"),
 }
-EXTERNAL_PROBLEMS = tuple(name for name, problem in PROBLEMS.items() if problem.source in external_volumes.FAMILIES)
+EXTERNAL_PROBLEMS = tuple(
+    name for name, problem in PROBLEMS.items() if problem.source in external_volumes.FAMILIES
+)
 
 
 def tuned_problem(problem: str) -> str:
@@ -363,7 +365,9 @@ def case_queue(
     return list(dict.fromkeys(queue))
 
 
-def select(queue: Sequence[Case], problems: Optional[Sequence[str]], methods: Optional[Sequence[str]]) -> List[Case]:
+def select(
+    queue: Sequence[Case], problems: Optional[Sequence[str]], methods: Optional[Sequence[str]]
+) -> List[Case]:
     """The cases of ``queue`` on ``problems`` with ``methods`` (None: all), in queue order."""
     return [
         case
@@ -372,7 +376,9 @@ def select(queue: Sequence[Case], problems: Optional[Sequence[str]], methods: Op
     ]
 
 
-def figure_cases(phantoms: Sequence[int], seeds: Sequence[int], tags: Optional[Mapping[str, str]] = None) -> Tuple[Case, ...]:
+def figure_cases(
+    phantoms: Sequence[int], seeds: Sequence[int], tags: Optional[Mapping[str, str]] = None
+) -> Tuple[Case, ...]:
     """The cases whose volumes the slice figure shows."""
     tag = (tags or {}).get("ct", "")
     return tuple(
@@ -579,7 +585,9 @@ class Evaluation:
             raise ValueError(f"the tuning file has no {name} for {base}; run --tune --problems {base}")
         return float(self.tuning[TUNED[method][0]][tuned_problem(problem)])
 
-    def _record(self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str, ran: RunSpec) -> dict:
+    def _record(
+        self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str, ran: RunSpec
+    ) -> dict:
         """The record of a finished case; ``ran`` is the run's resolved spec (its precision and pinv)."""
         prior = PROBLEMS[case.problem].prior
         sampling = case.method in SAMPLER_METHODS
@@ -838,7 +846,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
             f"--workers {args.workers}: the harness runs one case at a time; accepted with --harness: 1"
         )
     device = torch.device(args.device)
-    workers = args.workers or (1 if args.harness or device.type != "cuda" else min(8, max(1, (os.cpu_count() or 2) // 2)))
+    cuda_workers = min(8, max(1, (os.cpu_count() or 2) // 2))
+    workers = args.workers or (1 if args.harness or device.type != "cuda" else cuda_workers)
     settings = {
         "size": args.size,
         "depth": args.depth or args.size,
@@ -894,7 +903,8 @@ def _check_records(records: List[dict], evaluation: Evaluation, path: Path) -> N
                 f"{path} holds case {record.get('key')} made with settings {record.get('settings')}, "
                 f"not {evaluation.settings}; use another --results file for other settings"
             )
-        if record["problem"] not in PROBLEMS or not evaluation.has_weight(record["method"], record["problem"]):
+        known = record["problem"] in PROBLEMS
+        if not known or not evaluation.has_weight(record["method"], record["problem"]):
             continue
         weight = evaluation.weight(record["method"], record["problem"])
         if record["weight"] != weight:
@@ -996,7 +1006,8 @@ def _names_of(what: str, accepted: Sequence[str]) -> Callable[[str], Tuple[str, 
         unknown = [name for name in names if name not in accepted]
         if unknown or not names:
             raise argparse.ArgumentTypeError(
-                f"{what} {', '.join(unknown) or repr(text)} unknown; accepted: a comma-separated list of {', '.join(accepted)}"
+                f"{what} {', '.join(unknown) or repr(text)} unknown; "
+                f"accepted: a comma-separated list of {', '.join(accepted)}"
             )
         return names
 
@@ -1077,7 +1088,8 @@ def evaluate(evaluation: Evaluation, options: Options, queue: List[Case], env: d
         lacking = len(pending) - len(runnable)
         print(f"{lacking} of them need tuned weights that {options.tuning} lacks: run --tune")
         pending = runnable
-    figures = set(figure_cases(_eval_seeds("phantom", options.phantoms), range(options.seeds), evaluation.tags))
+    phantoms = _eval_seeds("phantom", options.phantoms)
+    figures = set(figure_cases(phantoms, range(options.seeds), evaluation.tags))
     gpus: _queue.Queue = _queue.Queue()
     for gpu in _gpus(evaluation.device, options.workers):
         gpus.put(gpu)
