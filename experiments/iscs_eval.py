@@ -5,12 +5,13 @@ order and appends one JSON line per finished case to the results file; a rerun s
 already there, so the experiment resumes across calls (and machines). Every case is a
 ``recon.specs.RunSpec``, run in one of two ways:
 
-- the harness (default): in this process, through the entry scripts' own factories
-  (``recon.factory``), with each prior loaded once and each problem's ground truth, operator and
-  measurement built once per volume;
-- the user path (``--user-path``): as a subprocess of the entry script itself,
+- the user path (default): as a subprocess of the entry script itself,
   ``python recon_CBCT.py <recon.cli.to_argv(spec)>`` (``--workers N`` of them at once), reading
-  the run's ``metrics.json``.
+  the run's ``metrics.json`` and ``args.yaml``; without ``--precision`` the script runs at its own
+  default precision (auto: bf16 on CUDA);
+- the harness (``--harness``): in this process, through the entry scripts' own factories
+  (``recon.factory``), with each prior loaded once and each problem's ground truth, operator and
+  measurement built once per volume.
 
 Both give the same metrics for the same case. Each generated volume is written once to a cache
 folder (``--cache``; NIfTI, or the ``.pt`` tensor file ``utils.io`` reads when SimpleITK is missing)
@@ -21,8 +22,17 @@ Problems, on volumes generated here from held-out seeds (deterministic for a dev
 - ``SVCT-30``, ``LACT-100``: cone-beam CT (30 views over 360 degrees; the first 100 degrees of the
   arc) of procedural phantoms ``datasets.ct_phantom.EVAL_SEEDS[1:]`` (the demo volume is
   ``EVAL_SEEDS[0]``), reconstructed with the CT prior on axial slices.
-- ``ZSR-4``: MRI z-axis super-resolution x4 of augmented brains ``datasets.mri.EVAL_SEEDS[1:]``,
-  reconstructed with the MRI prior on coronal slices.
+- ``ZSR-4``, ``ZSR-5``: MRI z-axis super-resolution x4 and x5 (the paper's factor) of augmented
+  brains ``datasets.mri.EVAL_SEEDS[1:]``, reconstructed with the MRI prior on coronal slices.
+- ``<problem>:<family>``: the same problem on ``--external N`` volumes of a family of
+  ``experiments/external_volumes.py`` (its ``EVAL_SEEDS``): ``SVCT-30:shepp-logan``,
+  ``SVCT-30:torso``, ``LACT-100:torso`` (CT prior) and ``ZSR-4:brain-mr`` (MRI prior); they use the
+  tuned weights of their base problem.
+
+Every record names the prior that made it (checkpoint file name and the first 12 hex digits of its
+sha256), and a sampler case's key ends with that prior, so that runs of one queue with different
+checkpoints keep separate records in one results file. DDNM uses the problem's default
+pseudo-inverse (SIRT for CT, exact for ZSR), as the entry scripts do; the record names it.
 
 Methods: ``FDK`` (CT) / ``A_dagger`` (ZSR), ``ADMM-TV``, ``DDS``, ``DDS+TV`` (TV along the slice
 axis) and ``DDNM``; sampler noise ``iid``, ``iscs`` (the published SLERP path), ``shared`` (one draw
@@ -37,6 +47,7 @@ case and leaves the cases of those two methods for later. Tuning runs in the har
 Device usage (each call resumes where the one before stopped)::
 
     python experiments/iscs_eval.py --max-minutes 8.5
+    python experiments/iscs_eval.py --problems LACT-100,ZSR-5 --methods DDNM,DDS --max-minutes 5
     python experiments/iscs_eval.py --tune && python experiments/iscs_eval.py --max-minutes 6
 
 With ``OUT`` set, the results and tuning files are copied to ``$OUT`` after every case, and the
@@ -61,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -73,6 +85,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import algorithms  # noqa: E402
+from experiments import external_volumes  # noqa: E402
 from algorithms.noise import NOISE_KNOBS, NOISE_SOURCES, sources_taking  # noqa: E402
 from datasets import ct_phantom, mri  # noqa: E402
 from models.denoiser import PRECISIONS  # noqa: E402
@@ -91,10 +104,8 @@ RESULTS = ROOT / "experiments" / "results"
 DEFAULT_RESULTS = RESULTS / "iscs_eval.jsonl"
 DEFAULT_TUNING = RESULTS / "iscs_tuning.json"
 DEFAULT_CACHE = ROOT / "data" / "cache" / "iscs_eval"
-CHECKPOINTS = {
-    "ct": ROOT / "checkpoints" / "ct_dr_128.pt",
-    "mri": ROOT / "checkpoints" / "mri_dr_128.pt",
-}
+# The entry scripts' default priors.
+CHECKPOINTS = {"ct": PROFILES["SVCT"].checkpoint, "mri": PROFILES["ZSR"].checkpoint}
 DEFAULT_TEMPLATE = ROOT / "data" / "cache" / "mni152_t1.pt"
 
 # The validation volume lies in the training range but past the few thousand seeds training drew.
@@ -107,6 +118,9 @@ KNOB_NOISES = ("iid", "ar1-1", "ar1-4", "ar1-16", "ar1-64", "ar1-256", "iscs", "
 NOISE_LABELS = {"none": "", "iid": "", "iscs": "+ISCS", "shared": "+shared"}
 # Settings that the tuned weights depend on; the tuning file must match them.
 TUNING_KEYS = ("size", "depth", "nfe", "num_cg", "w_tik", "renoise", "admm_iter", "checkpoints")
+# Settings that may differ between the records of one results file: each record names its prior
+# (and its key holds the prior's hash) and the precision it ran at.
+PER_RECORD_SETTINGS = ("checkpoints", "precision")
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class Problem:
         prior: the prior that reconstructs it, a key of ``CHECKPOINTS``.
         classical: its closed-form baseline, a method its problem class names.
         options: further fields of its problem class.
+        tuned_as: the problem whose tuned weights it uses (None: its own).
     """
 
     task: str
@@ -129,14 +144,29 @@ class Problem:
     prior: str
     classical: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    tuned_as: Optional[str] = None
 
 
 # The CT baselines are torch's on every device, so that FDK is the same computation everywhere.
+TORCH_BASELINES = {"baseline_backend": "torch"}
 PROBLEMS: Dict[str, Problem] = {
-    "SVCT-30": Problem("SVCT", 30, "phantom", "ct", "FDK", {"baseline_backend": "torch"}),
-    "LACT-100": Problem("LACT", 100, "phantom", "ct", "FDK", {"baseline_backend": "torch"}),
+    "SVCT-30": Problem("SVCT", 30, "phantom", "ct", "FDK", TORCH_BASELINES),
+    "LACT-100": Problem("LACT", 100, "phantom", "ct", "FDK", TORCH_BASELINES),
     "ZSR-4": Problem("ZSR", 4, "mri", "mri", "A_dagger"),
+    "ZSR-5": Problem("ZSR", 5, "mri", "mri", "A_dagger"),
+    "SVCT-30:shepp-logan": Problem("SVCT", 30, "shepp-logan", "ct", "FDK", TORCH_BASELINES, "SVCT-30"),
+    "SVCT-30:torso": Problem("SVCT", 30, "torso", "ct", "FDK", TORCH_BASELINES, "SVCT-30"),
+    "LACT-100:torso": Problem("LACT", 100, "torso", "ct", "FDK", TORCH_BASELINES, "LACT-100"),
+    "ZSR-4:brain-mr": Problem("ZSR", 4, "brain-mr", "mri", "A_dagger", {}, "ZSR-4"),
 }
+EXTERNAL_PROBLEMS = tuple(
+    name for name, problem in PROBLEMS.items() if problem.source in external_volumes.FAMILIES
+)
+
+
+def tuned_problem(problem: str) -> str:
+    """The problem whose tuned weights ``problem`` uses."""
+    return PROBLEMS[problem].tuned_as or problem
 
 
 @dataclass(frozen=True)
@@ -144,7 +174,8 @@ class Case:
     """One reconstruction: a method with its sampler noise and seed on one volume of one problem.
 
     ``volume`` is the seed of the generated volume; ``noise`` is "none" for methods without a
-    sampler, and ``seed`` seeds the sampler's generator.
+    sampler, and ``seed`` seeds the sampler's generator. ``prior`` is the tag of the prior a sampler
+    method runs with (:func:`prior_tag`), "" for methods without one.
     """
 
     problem: str
@@ -152,12 +183,30 @@ class Case:
     method: str
     noise: str = "none"
     seed: int = 0
+    prior: str = ""
 
     @property
     def key(self) -> str:
-        """The case's identity in the results file."""
+        """The case's identity in the results file (records made before priors were tagged have no tag)."""
         source = PROBLEMS[self.problem].source
-        return f"{self.problem}/{source}-{self.volume}/{self.method}/{self.noise}/seed{self.seed}"
+        key = f"{self.problem}/{source}-{self.volume}/{self.method}/{self.noise}/seed{self.seed}"
+        return f"{key}/{self.prior}" if self.prior else key
+
+
+def checkpoint_hash(path: Path) -> str:
+    """The first 12 hex digits of the sha256 of a checkpoint file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def prior_tag(path: Path, digest: str) -> str:
+    """The tag of a checkpoint in case keys: its file stem and hash, e.g. "ct_dr_128-0123456789ab"."""
+    return f"{Path(path).stem}-{digest}"
 
 
 def label(method: str, noise: str) -> str:
@@ -207,51 +256,133 @@ def _brain_volume(evaluation: "Evaluation", seed: int):
     return augmenter(seed).cpu().numpy(), augmenter.output_meta()
 
 
-SOURCES: Dict[str, Callable] = {"phantom": _phantom_volume, "mri": _brain_volume}
-EVAL_SEEDS = {"phantom": ct_phantom.EVAL_SEEDS, "mri": mri.EVAL_SEEDS}
+def external_shape(family: str, settings: Mapping[str, int]) -> Tuple[int, int, int]:
+    """The grid of an external family's volumes: its default shape scaled by the settings' size
+    (planes) and, for CT, by the depth (slices); 128 is the scale of the default shapes."""
+    spec = external_volumes.FAMILIES[family]
+    depth_scale = (settings["depth"] if spec.modality == "ct" else settings["size"]) / 128
+    scales = (depth_scale, settings["size"] / 128, settings["size"] / 128)
+    return tuple(max(2, round(n * scale)) for n, scale in zip(spec.shape, scales))
+
+
+def _external(family: str) -> Callable:
+    def volume(evaluation: "Evaluation", seed: int):
+        shape = external_shape(family, evaluation.settings)
+        array, meta = external_volumes.external_volume(
+            family, seed, shape, device=evaluation.device, template=evaluation.template
+        )
+        return array.cpu().numpy(), meta
+
+    return volume
+
+
+SOURCES: Dict[str, Callable] = {
+    "phantom": _phantom_volume,
+    "mri": _brain_volume,
+    **{family: _external(family) for family in external_volumes.FAMILIES},
+}
+EVAL_SEEDS = {
+    "phantom": ct_phantom.EVAL_SEEDS,
+    "mri": mri.EVAL_SEEDS,
+    **{family: external_volumes.EVAL_SEEDS for family in external_volumes.FAMILIES},
+}
 # Methods of the queue that run the sampler, and the spec's method of those named otherwise.
 SAMPLER_METHODS = ("DDS", "DDS+TV", "DDNM")
 SPEC_METHODS = {"DDS+TV": "DDS"}
 # Methods with a tuned weight -> (name of the weight in the tuning file, its grid).
 TUNED = {"DDS+TV": ("w_dz", W_DZ_GRID), "ADMM-TV": ("tv_weight", TV_WEIGHT_GRID)}
+METHODS = (*dict.fromkeys(problem.classical for problem in PROBLEMS.values()), "ADMM-TV", *SAMPLER_METHODS)
 
 
 # ---------------------------------------------------------------- the queue
 
 
-def case_queue(phantoms: Sequence[int], brains: Sequence[int], seeds: Sequence[int]) -> List[Case]:
-    """Every case of the experiment, most important first, without repeats.
+PRIORITIES = ("evidence", "paper")
+NEW_PRIOR_EXTERNAL = ("SVCT-30:shepp-logan", "SVCT-30:torso")
 
-    Order: SVCT-30 DDS iid/ISCS pairs, LACT-100 DDNM pairs, ZSR-4 DDS pairs; the classical
-    baselines; DDS+TV and DDS+shared; the remaining iid/ISCS pairs (SVCT-30 DDNM, LACT-100 DDS,
-    ZSR-4 DDNM); the correlation-knob curve (DDS SVCT-30 on the first phantom). Pairs run seed by
-    seed, so a queue cut short still covers every volume with the first seeds.
+
+def case_queue(
+    volumes: Mapping[str, Sequence[int]],
+    seeds: Sequence[int],
+    tags: Optional[Mapping[str, str]] = None,
+    priority: str = "evidence",
+) -> List[Case]:
+    """Every case of the experiment on the problems of ``volumes``, most important first, without repeats.
+
+    Args:
+        volumes: problem name -> its volumes' seeds.
+        seeds: the sampler seeds of every iid/ISCS pair.
+        tags: prior name ("ct", "mri") -> its tag (:func:`prior_tag`) in the sampler cases' keys.
+        priority: "paper": SVCT-30 DDS, LACT-100 DDNM and ZSR-4 DDS iid/ISCS pairs; the classical
+            baselines; DDS+TV and DDS+shared; the remaining iid/ISCS pairs; the correlation-knob
+            curve (DDS SVCT-30 on the first phantom). "evidence": first LACT-100 DDNM pairs,
+            DDS pairs of SVCT-30 on the external families, ZSR-5 DDS pairs, SVCT-30 DDS pairs, the
+            classical baselines (and ADMM-TV) of the external problems; then the "paper" order.
+
+    Pairs run seed by seed, so a queue cut short still covers every volume with the first seeds.
     """
-    volumes = {"SVCT-30": phantoms, "LACT-100": phantoms, "ZSR-4": brains}
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority {priority!r}: accepted {', '.join(PRIORITIES)}")
+    tags = tags or {}
+    problems = [name for name in PROBLEMS if name in volumes]
 
-    def pairs(problem: str, method: str) -> List[Case]:
+    def case(problem: str, volume: int, method: str, noise: str = "none", seed: int = 0) -> Case:
+        tag = tags.get(PROBLEMS[problem].prior, "") if method in SAMPLER_METHODS else ""
+        return Case(problem, volume, method, noise, seed, tag)
+
+    def pairs(names: Sequence[str], method: str) -> List[Case]:
         return [
-            Case(problem, volume, method, noise, seed)
+            case(problem, volume, method, noise, seed)
             for seed in seeds
+            for problem in names
+            if problem in volumes
             for volume in volumes[problem]
             for noise in ("iid", "iscs")
         ]
 
-    queue = pairs("SVCT-30", "DDS") + pairs("LACT-100", "DDNM") + pairs("ZSR-4", "DDS")
-    for name, problem in PROBLEMS.items():
-        queue += [Case(name, v, method) for v in volumes[name] for method in (problem.classical, "ADMM-TV")]
-    for name in PROBLEMS:
-        queue += [Case(name, v, "DDS+TV", "iid", seeds[0]) for v in volumes[name]]
-        queue += [Case(name, v, "DDS", "shared", seeds[0]) for v in volumes[name]]
-    queue += pairs("SVCT-30", "DDNM") + pairs("LACT-100", "DDS") + pairs("ZSR-4", "DDNM")
-    queue += [Case("SVCT-30", phantoms[0], "DDS", noise, seed) for seed in seeds for noise in KNOB_NOISES]
+    def classical(names: Sequence[str]) -> List[Case]:
+        return [
+            case(name, volume, method)
+            for name in names
+            if name in volumes
+            for volume in volumes[name]
+            for method in (PROBLEMS[name].classical, "ADMM-TV")
+        ]
+
+    queue = pairs(["SVCT-30"], "DDS") + pairs(["LACT-100"], "DDNM") + pairs(["ZSR-4"], "DDS")
+    queue += classical(problems)
+    for name in problems:
+        queue += [case(name, v, "DDS+TV", "iid", seeds[0]) for v in volumes[name]]
+        queue += [case(name, v, "DDS", "shared", seeds[0]) for v in volumes[name]]
+    for name in problems:
+        queue += pairs([name], "DDS") + pairs([name], "DDNM")
+    if "SVCT-30" in volumes:
+        first = volumes["SVCT-30"][0]
+        queue += [case("SVCT-30", first, "DDS", noise, seed) for seed in seeds for noise in KNOB_NOISES]
+    if priority == "evidence":
+        head = pairs(["LACT-100"], "DDNM") + pairs(NEW_PRIOR_EXTERNAL, "DDS") + pairs(["ZSR-5"], "DDS")
+        queue = head + pairs(["SVCT-30"], "DDS") + classical(EXTERNAL_PROBLEMS) + queue
     return list(dict.fromkeys(queue))
 
 
-def figure_cases(phantoms: Sequence[int], seeds: Sequence[int]) -> Tuple[Case, ...]:
+def select(
+    queue: Sequence[Case], problems: Optional[Sequence[str]], methods: Optional[Sequence[str]]
+) -> List[Case]:
+    """The cases of ``queue`` on ``problems`` with ``methods`` (None: all), in queue order."""
+    return [
+        case
+        for case in queue
+        if (problems is None or case.problem in problems) and (methods is None or case.method in methods)
+    ]
+
+
+def figure_cases(
+    phantoms: Sequence[int], seeds: Sequence[int], tags: Optional[Mapping[str, str]] = None
+) -> Tuple[Case, ...]:
     """The cases whose volumes the slice figure shows."""
+    tag = (tags or {}).get("ct", "")
     return tuple(
-        Case(problem, phantoms[0], method, noise, seeds[0])
+        Case(problem, phantoms[0], method, noise, seeds[0], tag)
         for problem, method in (("SVCT-30", "DDS"), ("LACT-100", "DDNM"))
         for noise in ("iid", "iscs")
     )
@@ -318,10 +449,22 @@ class Evaluation:
         self._denoisers: Dict[str, object] = {}
         self._measured: Dict[Tuple[str, int], Measured] = {}
         self._augmenter = None
+        self.hashes = {name: checkpoint_hash(path) for name, path in checkpoints.items()}
+        # The user path's worker threads share the volume cache and the loaded priors.
+        self._lock = threading.Lock()
+
+    @property
+    def tags(self) -> Dict[str, str]:
+        """Prior name -> its tag in the sampler cases' keys."""
+        return {name: prior_tag(path, self.hashes[name]) for name, path in self.checkpoints.items()}
 
     def prior_spec(self, name: str) -> PriorSpec:
-        """The spec of prior ``name``: its checkpoint at the settings' precision (config embedded)."""
-        return PriorSpec(checkpoint=self.checkpoints[name], precision=self.settings["precision"])
+        """The spec of prior ``name``: its checkpoint at the settings' precision (config embedded);
+        "auto" is resolved as the entry scripts resolve it (bf16 on CUDA, fp32 on the CPU)."""
+        precision = self.settings["precision"]
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        return PriorSpec(checkpoint=self.checkpoints[name], precision=precision)
 
     def net(self, name: str) -> torch.nn.Module:
         """The score network of prior ``name`` (loaded on first use)."""
@@ -352,7 +495,10 @@ class Evaluation:
         """
         size, depth = self.settings["size"], self.settings["depth"]
         grid = f"{depth}x{size}x{size}" if source == "phantom" else f"{size}x{size}x{size}"
-        template = f"_{Path(self.template).stem}" if source == "mri" else ""
+        if source in external_volumes.FAMILIES:
+            grid = "x".join(map(str, external_shape(source, self.settings)))
+        uses_template = source == "mri" or source == "brain-mr"
+        template = f"_{Path(self.template).stem}" if uses_template else ""
         suffix = ".nii.gz" if importlib.util.find_spec("SimpleITK") is not None else ".pt"
         path = self.cache / f"{source}-{seed}_{grid}_{self.device.type}{template}{suffix}"
         if not path.is_file():
@@ -368,10 +514,13 @@ class Evaluation:
         weight = self.weight(case.method, case.problem) if weight is None else weight
         problem = PROBLEMS[case.problem]
         problem_class = PROBLEM_CLASSES[problem.task]
+        with self._lock:
+            data = self.volume_file(problem.source, case.volume)
+            recon_size = int(self.net(problem.prior).config.data.image_size)
         problem_spec = problem_class(
             task=problem.task,
-            data=self.volume_file(problem.source, case.volume),
-            recon_size=int(self.net(problem.prior).config.data.image_size),
+            data=data,
+            recon_size=recon_size,
             **{problem_class.PARAMETERS[problem.task]: problem.parameter},
             **problem.options,
         )
@@ -425,20 +574,23 @@ class Evaluation:
 
     def has_weight(self, method: str, problem: str) -> bool:
         """Whether ``method`` on ``problem`` can run: it has no tuned weight, or the tuning gives it."""
-        return method not in TUNED or problem in self.tuning.get(TUNED[method][0], {})
+        return method not in TUNED or tuned_problem(problem) in self.tuning.get(TUNED[method][0], {})
 
     def weight(self, method: str, problem: str) -> Optional[float]:
         """The tuned weight of ``method`` on ``problem`` (None for methods without one)."""
         if method not in TUNED:
             return None
         if not self.has_weight(method, problem):
-            name = TUNED[method][0]
-            raise ValueError(f"the tuning file has no {name} for {problem}; run --tune --problems {problem}")
-        return float(self.tuning[TUNED[method][0]][problem])
+            name, base = TUNED[method][0], tuned_problem(problem)
+            raise ValueError(f"the tuning file has no {name} for {base}; run --tune --problems {base}")
+        return float(self.tuning[TUNED[method][0]][tuned_problem(problem)])
 
     def _record(
-        self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str
+        self, case: Case, weight: Optional[float], metrics: dict, seconds: float, runner: str, ran: RunSpec
     ) -> dict:
+        """The record of a finished case; ``ran`` is the run's resolved spec (its precision and pinv)."""
+        prior = PROBLEMS[case.problem].prior
+        sampling = case.method in SAMPLER_METHODS
         return {
             "key": case.key,
             **asdict(case),
@@ -448,6 +600,11 @@ class Evaluation:
             "metrics": metrics,
             "seconds": seconds,
             "runner": runner,
+            "prior": prior if sampling else None,
+            "checkpoint": self.checkpoints[prior].name if sampling else None,
+            "checkpoint_sha256": self.hashes[prior] if sampling else None,
+            "precision": ran.prior.precision if sampling else None,
+            "pinv": ran.method.pinv,
         }
 
     def run(self, case: Case, weight: Optional[float] = None) -> Outcome:
@@ -482,7 +639,7 @@ class Evaluation:
         problem = spec.problem
         metrics = volume_metrics(problem.to_volume(recon), problem.to_volume(measured.gt))
         metrics["abs_delta_slices"] = _slice_gap(recon, measured.gt)
-        record = self._record(case, weight, metrics, seconds, "harness")
+        record = self._record(case, weight, metrics, seconds, "harness", spec)
         return Outcome(problem.to_volume(recon), problem.to_volume(measured.gt), record)
 
     def run_script(self, case: Case, gpu: Optional[int] = None) -> Outcome:
@@ -491,16 +648,23 @@ class Evaluation:
         The script runs ``recon.cli.to_argv`` of the case's spec (on GPU ``gpu`` when given) into a
         temporary results folder, with this process's CPU thread count (so that CPU reductions
         round alike); the record is :meth:`run`'s, with the metrics of the run's ``metrics.json``,
-        ``abs_delta_slices`` from its ``recon`` and ``GT`` volumes, the script's wall ``seconds``
-        and ``runner`` "entry script".
+        the precision and pseudo-inverse its ``args.yaml`` says it used, ``abs_delta_slices`` from
+        its ``recon`` and ``GT`` volumes, the script's wall ``seconds`` and ``runner`` "entry
+        script". Precision "auto" is left to the script's default, so no ``--precision`` is passed.
         """
+        import yaml
+
         weight = self.weight(case.method, case.problem)
         spec = self.spec(case, weight)
         spec = spec if gpu is None else replace(spec, gpu=gpu)
         script = ROOT / PROFILES[spec.problem.task].prog
         with tempfile.TemporaryDirectory(prefix="iscs_eval_") as folder:
             spec = replace(spec, output=OutputSpec(results_dir=Path(folder)))
-            command = [sys.executable, str(script), *to_argv(spec)]
+            argv = to_argv(spec)
+            if self.settings["precision"] == "auto":
+                at = argv.index("--precision")
+                del argv[at : at + 2]
+            command = [sys.executable, str(script), *argv]
             env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
             start = time.perf_counter()
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -510,6 +674,7 @@ class Evaluation:
                 raise RuntimeError(f"{case.key}: {script.name} exited with {done.returncode}: {reason}")
             (run,) = (path.parent for path in Path(folder).rglob("metrics.json"))
             report = json.loads((run / "metrics.json").read_text())
+            used = yaml.safe_load((run / "args.yaml").read_text())["options"]
             metrics = report["metrics"]["recon"]
             recon, gt = (
                 torch.from_numpy(read_volume(_volume_file(run, name))[0]) for name in ("recon", "GT")
@@ -520,7 +685,12 @@ class Evaluation:
         recon, gt = (recon - low) / scale, (gt - low) / scale
         problem = spec.problem
         metrics["abs_delta_slices"] = _slice_gap(problem.to_stack(recon), problem.to_stack(gt))
-        return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script"))
+        ran = replace(
+            spec,
+            prior=replace(spec.prior, precision=used["precision"]),
+            method=replace(spec.method, pinv=used["pinv"]),
+        )
+        return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script", ran))
 
 
 # ---------------------------------------------------------------- files
@@ -650,8 +820,11 @@ class Options:
     template: Path
     cache: Path
     problems: Tuple[str, ...]
+    methods: Tuple[str, ...]
+    priority: str
     phantoms: int
     brains: int
+    external: int
     seeds: int
     results: Path
     tuning: Path
@@ -668,10 +841,13 @@ class Options:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """The options of a parsed command line; running cases at once needs the user path."""
-    if args.workers > 1 and not args.user_path:
+    if args.workers is not None and args.workers > 1 and args.harness:
         raise ValueError(
-            f"--workers {args.workers}: cases run at once as subprocesses only; accepted with --user-path"
+            f"--workers {args.workers}: the harness runs one case at a time; accepted with --harness: 1"
         )
+    device = torch.device(args.device)
+    cuda_workers = min(8, max(1, (os.cpu_count() or 2) // 2))
+    workers = args.workers or (1 if args.harness or device.type != "cuda" else cuda_workers)
     settings = {
         "size": args.size,
         "depth": args.depth or args.size,
@@ -686,14 +862,17 @@ def options_from_args(args: argparse.Namespace) -> Options:
     }
     return Options(
         settings=settings,
-        device=torch.device(args.device),
+        device=device,
         # Absolute, because the entry scripts run from the repository root.
         checkpoints={"ct": args.ct_checkpoint.resolve(), "mri": args.mri_checkpoint.resolve()},
         template=args.mri_template,
         cache=args.cache.resolve(),
         problems=tuple(args.problems),
+        methods=tuple(args.methods),
+        priority=args.priority,
         phantoms=args.phantoms,
         brains=args.brains,
+        external=args.external,
         seeds=args.seeds,
         results=args.results,
         tuning=args.tuning,
@@ -704,19 +883,29 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_cases=args.max_cases,
         save_volumes=args.save_volumes,
         git_commit=args.git_commit,
-        user_path=args.user_path,
-        workers=args.workers,
+        user_path=not args.harness,
+        workers=workers,
     )
 
 
+def shared_settings(settings: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The settings every record of one results file must share (all but ``PER_RECORD_SETTINGS``)."""
+    return {key: value for key, value in (settings or {}).items() if key not in PER_RECORD_SETTINGS}
+
+
 def _check_records(records: List[dict], evaluation: Evaluation, path: Path) -> None:
-    """Every record must share the settings, and a tuned method's record the tuned weight."""
+    """Every record must share the settings, and a tuned method's record the tuned weight (where the
+    tuning file gives one)."""
+    expected = shared_settings(evaluation.settings)
     for record in records:
-        if record.get("settings") != evaluation.settings:
+        if shared_settings(record.get("settings")) != expected:
             raise ValueError(
                 f"{path} holds case {record.get('key')} made with settings {record.get('settings')}, "
                 f"not {evaluation.settings}; use another --results file for other settings"
             )
+        known = record["problem"] in PROBLEMS
+        if not known or not evaluation.has_weight(record["method"], record["problem"]):
+            continue
         weight = evaluation.weight(record["method"], record["problem"])
         if record["weight"] != weight:
             raise ValueError(
@@ -731,7 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--device", default=default_device(), help="cuda, cuda:<n> or cpu")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision")
+    parser.add_argument(
+        "--precision",
+        choices=(*PRECISIONS, "auto"),
+        default="auto",
+        help="network precision; auto: the entry scripts' default (bf16 on CUDA, fp32 on the CPU)",
+    )
     parser.add_argument("--size", type=positive_int, default=128, help="volume side in voxels (cubes)")
     parser.add_argument("--depth", type=positive_int, default=None, help="CT slices (default: --size)")
     parser.add_argument("--nfe", type=positive_int, default=50, help="sampler noise levels")
@@ -745,16 +939,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--admm-iter", type=positive_int, default=50, help="ADMM-TV iterations")
     parser.add_argument(
         "--problems",
-        nargs="+",
-        choices=tuple(PROBLEMS),
+        type=_names_of("problem", PROBLEMS),
         default=tuple(PROBLEMS),
-        help="problems to run or tune",
+        help="comma-separated problems to run or tune",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_names_of("method", METHODS),
+        default=METHODS,
+        help="comma-separated methods to run",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default="evidence",
+        help="queue order (see case_queue): evidence (new priors and external volumes first) or paper",
     )
     parser.add_argument("--phantoms", type=positive_int, default=3, help="evaluation phantoms (CT)")
     parser.add_argument("--brains", type=positive_int, default=2, help="evaluation brains (ZSR)")
+    parser.add_argument(
+        "--external", type=positive_int, default=2, help="volumes per external family (external problems)"
+    )
     parser.add_argument("--seeds", type=positive_int, default=3, help="sampler seeds of every iid/ISCS pair")
-    parser.add_argument("--ct-checkpoint", type=Path, default=CHECKPOINTS["ct"])
-    parser.add_argument("--mri-checkpoint", type=Path, default=CHECKPOINTS["mri"])
+    parser.add_argument("--ct-checkpoint", type=Path, default=CHECKPOINTS["ct"], help="CT prior")
+    parser.add_argument("--mri-checkpoint", type=Path, default=CHECKPOINTS["mri"], help="MRI prior")
     parser.add_argument("--mri-template", type=Path, default=DEFAULT_TEMPLATE, help="MNI152 template file")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder of the generated volumes")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSONL results file")
@@ -769,15 +977,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop between cases before this")
     parser.add_argument("--max-cases", type=positive_int, default=None, help="stop after this many new cases")
     parser.add_argument(
-        "--user-path",
+        "--harness",
         action="store_true",
-        help="run every case as a subprocess of its entry script (recon_CBCT.py, recon_MRI_ZSR.py)",
+        help="run the cases in this process instead of as subprocesses of the entry scripts",
     )
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=1,
-        help="with --user-path: subprocesses at once (on CUDA spread over the visible GPUs)",
+        default=None,
+        help="entry-script subprocesses at once, on CUDA spread over the visible GPUs "
+        "(default: 1 on the CPU, min(8, CPU cores / 2) on CUDA; 1 with --harness)",
     )
     parser.add_argument(
         "--save-volumes",
@@ -787,6 +996,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--git-commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     return parser
+
+
+def _names_of(what: str, accepted: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
+    """An argparse type: a comma-separated list of names of ``accepted``."""
+
+    def parse(text: str) -> Tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in accepted]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{what} {', '.join(unknown) or repr(text)} unknown; "
+                f"accepted: a comma-separated list of {', '.join(accepted)}"
+            )
+        return names
+
+    return parse
 
 
 class Budget:
@@ -863,7 +1088,8 @@ def evaluate(evaluation: Evaluation, options: Options, queue: List[Case], env: d
         lacking = len(pending) - len(runnable)
         print(f"{lacking} of them need tuned weights that {options.tuning} lacks: run --tune")
         pending = runnable
-    figures = set(figure_cases(_eval_seeds("phantom", options.phantoms), range(options.seeds)))
+    phantoms = _eval_seeds("phantom", options.phantoms)
+    figures = set(figure_cases(phantoms, range(options.seeds), evaluation.tags))
     gpus: _queue.Queue = _queue.Queue()
     for gpu in _gpus(evaluation.device, options.workers):
         gpus.put(gpu)
@@ -939,8 +1165,19 @@ def evaluate(evaluation: Evaluation, options: Options, queue: List[Case], env: d
 
 def _eval_seeds(source: str, count: int) -> List[int]:
     seeds = EVAL_SEEDS[source]
+    if source in external_volumes.FAMILIES:
+        return list(seeds[:count])
     # The first held-out seed is the shipped demo volume; the evaluation starts after it.
     return list(seeds[1 : 1 + count])
+
+
+def problem_volumes(options: Options) -> Dict[str, List[int]]:
+    """Problem -> the seeds of its evaluation volumes, for the options' counts."""
+    counts = {"phantom": options.phantoms, "mri": options.brains}
+    return {
+        name: _eval_seeds(problem.source, counts.get(problem.source, options.external))
+        for name, problem in PROBLEMS.items()
+    }
 
 
 def _evaluation(options: Options, tuning: Optional[dict] = None) -> Evaluation:
@@ -955,7 +1192,8 @@ def _run_tuning(options: Options, env: dict) -> None:
     existing = json.loads(path.read_text()) if path.is_file() else {}
     if existing.get("settings") != tuning_settings(settings):
         existing = {}
-    missing = [problem for problem in options.problems if problem not in existing.get("w_dz", {})]
+    bases = dict.fromkeys(tuned_problem(problem) for problem in options.problems)
+    missing = [problem for problem in bases if problem not in existing.get("w_dz", {})]
     if missing:
         start = time.perf_counter()
         tuning = tune(_evaluation(options), missing)
@@ -975,10 +1213,9 @@ def _run_tuning(options: Options, env: dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the experiment (or ``--tune`` / ``--list``) as the command line says; returns the exit code."""
     options = options_from_args(build_parser().parse_args(argv))
-    queue = case_queue(
-        _eval_seeds("phantom", options.phantoms), _eval_seeds("mri", options.brains), range(options.seeds)
-    )
-    queue = [case for case in queue if case.problem in options.problems]
+    tags = {name: prior_tag(path, checkpoint_hash(path)) for name, path in options.checkpoints.items()}
+    queue = case_queue(problem_volumes(options), range(options.seeds), tags, options.priority)
+    queue = select(queue, options.problems, options.methods)
     if options.only:
         queue = [case for case in queue if any(fnmatch.fnmatchcase(case.key, p) for p in options.only)]
     if options.list_queue:

@@ -2,18 +2,20 @@
 
 Reads the results file (JSONL) and, where present, the volumes the experiment saved, and writes:
 
-- ``iscs_table.md`` / ``iscs_table.csv``: per problem and method, mean +- standard deviation over
-  every (volume, sampler seed) run of axial / coronal / sagittal PSNR and SSIM, the inter-slice gap
-  along z (``abs_delta``) and along the prior's slice axis, and seconds per run, beside the paper's
-  numbers where the paper has them; the target check (ISCS against i.i.d. noise); the
-  correlation-knob table.
+- ``iscs_table.md`` (also printed) / ``iscs_table.csv``: one block of rows per problem and prior
+  (the checkpoint that made the sampler runs), with the classical baselines on that block's volumes
+  first; per method, mean +- standard deviation over every (volume, sampler seed) run of axial /
+  coronal / sagittal PSNR and SSIM, the inter-slice gap along z (``abs_delta``) and along the
+  prior's slice axis, and seconds per run; on ISCS rows the ISCS minus i.i.d. PSNR deltas, the
+  ``abs_delta`` ratio and the number of (volume, seed) pairs behind them; the paper's numbers where
+  the paper has them; the target check (ISCS against i.i.d. noise); the correlation-knob table.
 - ``iscs_slices.png``: coronal and sagittal mid-slices of GT, i.i.d. and ISCS reconstructions, with
   their error rows (needs the saved volumes).
 - ``iscs_knob.png``: PSNR and ``abs_delta`` from i.i.d. through AR(1) and ISCS to shared noise.
 
 Standard deviations are sample standard deviations (n - 1); a single run shows no spread.
 
-Usage: ``python figures/make_iscs_figures.py [--results FILE] [--volumes DIR] [--out DIR]``
+Usage: ``python figures/make_iscs_figures.py --results FILE [--volumes DIR] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from experiments.iscs_eval import (  # noqa: E402
     DEFAULT_RESULTS,
     KNOB_NOISES,
     PROBLEMS,
+    SAMPLER_METHODS,
     label,
     make_noise_source,
+    prior_tag,
     read_records,
 )
 
@@ -51,7 +55,6 @@ COLUMNS = (
 # Row order within a problem; the classical baseline comes first.
 METHOD_ORDER = ("FDK", "A_dagger", "ADMM-TV", "DDS", "DDS+TV", "DDS+ISCS", "DDS+shared", "DDNM", "DDNM+ISCS")
 # Third-party notes of the paper's Table 1: (problem, method) -> (PSNR axial, coronal, sagittal, abs_delta).
-# The paper's MRI problem is ZSR x5; the experiment runs x4.
 PAPER: Dict[Tuple[str, str], Tuple[Optional[float], ...]] = {
     ("SVCT-30", "DDS"): (34.76, 35.12, 35.33, 0.0056),
     ("SVCT-30", "DDS+TV"): (36.26, 37.08, 37.50, None),
@@ -61,12 +64,16 @@ PAPER: Dict[Tuple[str, str], Tuple[Optional[float], ...]] = {
     ("LACT-100", "DDS+ISCS"): (31.65, 32.90, 32.49, 0.0020),
     ("LACT-100", "DDNM"): (28.40, 28.75, 28.22, None),
     ("LACT-100", "DDNM+ISCS"): (30.89, 31.88, 31.59, None),
-    ("ZSR-4", "DDS"): (39.32, None, None, 0.0016),
-    ("ZSR-4", "DDS+ISCS"): (40.33, None, None, 0.0011),
+    ("ZSR-5", "DDS"): (39.32, None, None, 0.0016),
+    ("ZSR-5", "DDS+ISCS"): (40.33, None, None, 0.0011),
 }
 # The target: (problem, method) pairs, and the thresholds on ISCS minus i.i.d.
 TARGET_PAIRS = (("SVCT-30", "DDS"), ("LACT-100", "DDNM"))
-OTHER_PAIRS = (("SVCT-30", "DDNM"), ("LACT-100", "DDS"), ("ZSR-4", "DDS"), ("ZSR-4", "DDNM"))
+PAIR_METHODS = ("DDS", "DDNM")
+# The prior column of records made before records named their prior.
+UNTAGGED = "untagged"
+# The prior column of a block of classical baselines whose volumes no sampler run shares.
+NO_PRIOR = "-"
 TARGET_GAIN_DB, TARGET_GAP_RATIO, TARGET_AXIAL_LOSS_DB = 1.5, 0.5, 0.1
 KNOB_PROBLEM, KNOB_METHOD = "SVCT-30", "DDS"
 # Display window of the CT slices: -200 .. 300 HU in the [-1000, 1600] HU -> [0, 1] map.
@@ -93,17 +100,54 @@ def _cell(values: Sequence[Optional[float]], digits: int) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def group_records(records: Sequence[Mapping]) -> Dict[Tuple[str, str], List[Mapping]]:
-    """Records by (problem, label); a key seen twice keeps its last record."""
-    latest = {record["key"]: record for record in records}
-    groups: Dict[Tuple[str, str], List[Mapping]] = defaultdict(list)
-    for record in latest.values():
-        groups[(record["problem"], label(record["method"], record["noise"]))].append(record)
+def prior_of(record: Mapping) -> str:
+    """The prior column of a record: the checkpoint's file stem and hash that made it (``UNTAGGED`` for
+    records made before records named their checkpoint)."""
+    if not record.get("checkpoint_sha256"):
+        return UNTAGGED
+    return prior_tag(Path(record["checkpoint"]), record["checkpoint_sha256"])
+
+
+def group_records(records: Sequence[Mapping]) -> Dict[Tuple[str, str, str], List[Mapping]]:
+    """Records by (problem, prior, label); a key seen twice keeps its last record.
+
+    A classical baseline (no prior) joins every prior block of its problem whose sampler runs share
+    its volume, so that each block compares methods on the same volumes; with none, it forms the
+    block ``NO_PRIOR``.
+    """
+    latest = list({record["key"]: record for record in records}.values())
+    sampled = [record for record in latest if record["method"] in SAMPLER_METHODS]
+    volumes: Dict[Tuple[str, str], set] = defaultdict(set)
+    for record in sampled:
+        volumes[(record["problem"], prior_of(record))].add(record["volume"])
+    groups: Dict[Tuple[str, str, str], List[Mapping]] = defaultdict(list)
+    for record in latest:
+        name = label(record["method"], record["noise"])
+        if record["method"] in SAMPLER_METHODS:
+            priors = [prior_of(record)]
+        else:
+            priors = [
+                prior
+                for (problem, prior), seen in sorted(volumes.items())
+                if problem == record["problem"] and record["volume"] in seen
+            ] or [NO_PRIOR]
+        for prior in priors:
+            groups[(record["problem"], prior, name)].append(record)
     return groups
 
 
-def _main_rows(groups: Mapping[Tuple[str, str], List[Mapping]]) -> List[Tuple[str, str]]:
-    return [(p, m) for p in PROBLEMS for m in METHOD_ORDER if (p, m) in groups]
+def blocks(groups: Mapping[Tuple[str, str, str], List[Mapping]]) -> List[Tuple[str, str]]:
+    """The (problem, prior) blocks of the groups, in ``PROBLEMS`` order, by prior within a problem and
+    the block of classical runs without a prior last."""
+    present = {(problem, prior) for problem, prior, _ in groups}
+    order = {problem: index for index, problem in enumerate(PROBLEMS)}
+    return sorted(
+        present, key=lambda block: (order.get(block[0], len(order)), block[0], block[1] == NO_PRIOR, block[1])
+    )
+
+
+def _main_rows(groups: Mapping[Tuple[str, str, str], List[Mapping]]) -> List[Tuple[str, str, str]]:
+    return [(p, prior, m) for p, prior in blocks(groups) for m in METHOD_ORDER if (p, prior, m) in groups]
 
 
 def _paper_cells(problem: str, method: str) -> Tuple[str, str]:
@@ -123,15 +167,17 @@ def _per_volume_means(records: Sequence[Mapping], key: str) -> Dict[int, float]:
     return {volume: statistics.fmean(values) for volume, values in by_volume.items()}
 
 
-def compare_pair(groups: Mapping, problem: str, method: str) -> Optional[Dict[str, object]]:
-    """ISCS minus i.i.d. for one (problem, method): mean differences, per-volume ranges, gap ratio.
+def compare_pair(groups: Mapping, problem: str, prior: str, method: str) -> Optional[Dict[str, object]]:
+    """ISCS minus i.i.d. for one (problem, prior, method): mean differences, per-volume ranges, gap
+    ratio, and the number of (volume, seed) pairs run both ways.
 
     Returns None when either side has no runs.
     """
-    iid, iscs = groups.get((problem, method)), groups.get((problem, f"{method}+ISCS"))
+    iid, iscs = groups.get((problem, prior, method)), groups.get((problem, prior, f"{method}+ISCS"))
     if not iid or not iscs:
         return None
-    out: Dict[str, object] = {"n_iid": len(iid), "n_iscs": len(iscs)}
+    runs = [{(r["volume"], r["seed"]) for r in side} for side in (iid, iscs)]
+    out: Dict[str, object] = {"n_iid": len(iid), "n_iscs": len(iscs), "n_pairs": len(runs[0] & runs[1])}
     for plane in PLANES:
         key = f"psnr_{plane}"
         a, b = _per_volume_means(iid, key), _per_volume_means(iscs, key)
@@ -195,64 +241,89 @@ def knob_rows(records: Sequence[Mapping]) -> List[Dict[str, object]]:
     ]
     if not knob:
         return []
-    # The knob curve runs on one phantom: the one of the first ar1 record, else of the first record.
-    volume = next((r["volume"] for r in knob if r["noise"].startswith("ar1")), knob[0]["volume"])
+    # The knob curve runs on one phantom with one prior: those of the first ar1 record, else of the first one.
+    first = next((r for r in knob if r["noise"].startswith("ar1")), knob[0])
+    volume, prior = first["volume"], prior_of(first)
     rows = []
     for noise in KNOB_NOISES:
-        runs = [r for r in knob if r["volume"] == volume and r["noise"] == noise]
+        runs = [r for r in knob if r["volume"] == volume and prior_of(r) == prior and r["noise"] == noise]
         if runs:
             slices = runs[0]["settings"]["depth"]
             rows.append(
-                {"noise": noise, "rho": neighbour_correlation(noise, slices), "runs": runs, "volume": volume}
+                {
+                    "noise": noise,
+                    "rho": neighbour_correlation(noise, slices),
+                    "runs": runs,
+                    "volume": volume,
+                    "prior": prior,
+                }
             )
     return rows
 
 
-def write_table(records: Sequence[Mapping], md_path: Path, csv_path: Path) -> None:
-    """Write the markdown table (with target check and knob table) and the CSV of every group."""
+def _pair_cells(comparison: Optional[Mapping[str, object]]) -> List[str]:
+    if comparison is None:
+        return ["", "", ""]
+    deltas = "/".join(f"{comparison[f'delta_{plane}']:+.2f}" for plane in PLANES)
+    return [deltas, f"{comparison['gap_ratio']:.2f}", str(comparison["n_pairs"])]
+
+
+def _iscs_comparison(groups: Mapping, problem: str, prior: str, method: str) -> Optional[Dict[str, object]]:
+    """The ISCS minus i.i.d. comparison of an ISCS row (None for other rows)."""
+    if not method.endswith("+ISCS"):
+        return None
+    return compare_pair(groups, problem, prior, method[: -len("+ISCS")])
+
+
+def table_text(records: Sequence[Mapping]) -> str:
+    """The markdown of the table, the target check and the knob table."""
     groups = group_records(records)
-    rows = _main_rows(groups)
-    header = ["problem", "method", "n"] + [c[0] for c in COLUMNS] + ["paper PSNR a/c/s", "paper abs_delta"]
+    header = ["problem", "prior", "method", "n"] + [c[0] for c in COLUMNS]
+    header += ["ISCS−iid PSNR a/c/s", "abs_delta ratio", "n pairs", "paper PSNR a/c/s", "paper abs_delta"]
     lines = ["# ISCS evidence: results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for problem, method in rows:
-        runs = groups[(problem, method)]
+    for problem, prior, method in _main_rows(groups):
+        runs = groups[(problem, prior, method)]
         cells = [_cell([_value(r, key) for r in runs], digits) for _, key, digits in COLUMNS]
-        lines.append(
-            "| "
-            + " | ".join([problem, method, str(len(runs)), *cells, *_paper_cells(problem, method)])
-            + " |"
-        )
+        cells += _pair_cells(_iscs_comparison(groups, problem, prior, method))
+        row = [problem, prior, method, str(len(runs)), *cells, *_paper_cells(problem, method)]
+        lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        "Mean ± sample standard deviation over every (volume, sampler seed) run. abs_delta z: "
-        "mean |D_z(recon - GT)| along z; abs_delta slices: the same along the axis the prior's slices "
-        "are stacked on (z for CT, y for ZSR). The paper's MRI numbers are for ZSR x5.",
+        "One block per problem and prior (the checkpoint tag: file stem and sha256 prefix); the "
+        "classical rows of a block are on its sampler runs' volumes. Mean ± sample standard deviation "
+        "over every (volume, sampler seed) run. abs_delta z: mean |D_z(recon - GT)| along z; abs_delta "
+        "slices: the same along the axis the prior's slices are stacked on (z for CT, y for ZSR). "
+        "ISCS−iid: difference of mean PSNR; abs_delta ratio: ISCS over i.i.d.; n pairs: (volume, seed) "
+        "run both ways.",
         "",
         "## Target: ISCS minus i.i.d. noise",
         "",
     ]
-    for problem, method in TARGET_PAIRS + OTHER_PAIRS:
-        comparison = compare_pair(groups, problem, method)
-        if comparison is None:
-            continue
-        target = (problem, method) in TARGET_PAIRS
-        deltas = ", ".join(
-            f"{plane} {comparison[f'delta_{plane}']:+.2f} dB{_range_text(comparison, plane)}"
-            for plane in PLANES
-        )
-        gap_iid, gap_iscs, ratio = comparison["gap_iid"], comparison["gap_iscs"], comparison["gap_ratio"]
-        gaps = f"{gap_iid:.4f} -> {gap_iscs:.4f} (ratio {ratio:.2f})"
-        runs = f"runs {comparison['n_iid']} / {comparison['n_iscs']}"
-        lines.append(
-            f"- {problem} {method}{' (target)' if target else ''}: {deltas}; abs_delta {gaps}; {runs}"
-        )
-        if target:
-            lines += [f"  - {check}" for check in _target_lines(comparison)]
+    for problem, prior in blocks(groups):
+        for method in PAIR_METHODS:
+            comparison = compare_pair(groups, problem, prior, method)
+            if comparison is None:
+                continue
+            target = (problem, method) in TARGET_PAIRS
+            deltas = ", ".join(
+                f"{plane} {comparison[f'delta_{plane}']:+.2f} dB{_range_text(comparison, plane)}"
+                for plane in PLANES
+            )
+            gap_iid, gap_iscs, ratio = comparison["gap_iid"], comparison["gap_iscs"], comparison["gap_ratio"]
+            gaps = f"{gap_iid:.4f} -> {gap_iscs:.4f} (ratio {ratio:.2f})"
+            runs = f"runs {comparison['n_iid']} / {comparison['n_iscs']}, pairs {comparison['n_pairs']}"
+            lines.append(
+                f"- {problem} {method}, prior {prior}{' (target)' if target else ''}: {deltas}; "
+                f"abs_delta {gaps}; {runs}"
+            )
+            if target:
+                lines += [f"  - {check}" for check in _target_lines(comparison)]
     knob = knob_rows(records)
     if knob:
         lines += [
             "",
-            f"## Correlation knob: {KNOB_METHOD} {KNOB_PROBLEM}, phantom {knob[0]['volume']}",
+            f"## Correlation knob: {KNOB_METHOD} {KNOB_PROBLEM}, phantom {knob[0]['volume']}, "
+            f"prior {knob[0]['prior']}",
             "",
             "| noise | neighbour correlation | n | PSNR cor | PSNR sag | PSNR axi | abs_delta z |",
             "|---|---|---|---|---|---|---|",
@@ -264,26 +335,48 @@ def write_table(records: Sequence[Mapping], md_path: Path, csv_path: Path) -> No
             ]
             cells.append(_cell([_value(r, "abs_delta") for r in runs], 4))
             lines.append(f"| {row['noise']} | {row['rho']:.5f} | {len(runs)} | " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
+
+def write_table(records: Sequence[Mapping], md_path: Path, csv_path: Path) -> str:
+    """Write the markdown table (with target check and knob table) and the CSV of every group.
+
+    Returns:
+        The markdown.
+    """
+    text = table_text(records)
+    md_path.write_text(text)
+    groups = group_records(records)
+    rows = _main_rows(groups)
     keys = [key for _, key, _ in COLUMNS]
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["problem", "method", "n"]
+            ["problem", "prior", "method", "n"]
             + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+            + [f"iscs_minus_iid_psnr_{plane}" for plane in PLANES]
+            + ["abs_delta_ratio", "n_pairs"]
             + ["paper_psnr_axial", "paper_psnr_coronal", "paper_psnr_sagittal", "paper_abs_delta"]
         )
         ordered = rows + sorted(set(groups) - set(rows))
-        for problem, method in ordered:
-            runs = groups[(problem, method)]
+        for problem, prior, method in ordered:
+            runs = groups[(problem, prior, method)]
             stats = [mean_std([_value(r, key) for r in runs])[:2] for key in keys]
+            comparison = _iscs_comparison(groups, problem, prior, method)
+            pair = (
+                [comparison[f"delta_{plane}"] for plane in PLANES]
+                + [comparison["gap_ratio"], comparison["n_pairs"]]
+                if comparison
+                else [None] * 5
+            )
             paper = PAPER.get((problem, method), (None,) * 4)
             writer.writerow(
-                [problem, method, len(runs)]
-                + ["" if v is None else f"{v:.8g}" for pair in stats for v in pair]
+                [problem, prior, method, len(runs)]
+                + ["" if v is None else f"{v:.8g}" for stat in stats for v in stat]
+                + ["" if v is None else f"{v:.8g}" for v in pair]
                 + ["" if v is None else v for v in paper]
             )
+    return text
 
 
 def knob_figure(records: Sequence[Mapping], path: Path) -> bool:
@@ -424,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not records:
         raise ValueError(f"{args.results} holds no results; run experiments/iscs_eval.py first")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_table(records, args.out / "iscs_table.md", args.out / "iscs_table.csv")
+    print(write_table(records, args.out / "iscs_table.md", args.out / "iscs_table.csv"), end="")
     written = ["iscs_table.md", "iscs_table.csv"]
     if knob_figure(records, args.out / "iscs_knob.png"):
         written.append("iscs_knob.png")

@@ -21,8 +21,8 @@ from utils.metrics import METRIC_KEYS, volume_metrics
 
 TOY = ["--device", "cpu", "--size", "16", "--depth", "4", "--nfe", "2", "--admm-iter", "2"]
 TOY += ["--phantoms", "1", "--brains", "1", "--seeds", "1"]
-SVCT_PAIR = "SVCT-30/*/DDS/i*/seed0"
-ZSR_IID = "ZSR-4/*/DDS/iid/seed0"
+SVCT_PAIR = "SVCT-30/*/DDS/i*/seed0/*"
+ZSR_IID = "ZSR-4/*/DDS/iid/seed0/*"
 SVCT_TV = "SVCT-30/*/DDS+TV/*"
 
 
@@ -46,14 +46,22 @@ def toy(tmp_path, monkeypatch):
     return tmp_path, TOY + [str(p) for p in paths]
 
 
+def _tag(folder):
+    """The key tag of the toy prior."""
+    prior = folder / "tiny.pt"
+    return iscs_eval.prior_tag(prior, iscs_eval.checkpoint_hash(prior))
+
+
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     folder, flags = toy
+    flags = flags + ["--harness"]
     results = folder / "results.jsonl"
     cases = ["--only", SVCT_PAIR, ZSR_IID, SVCT_TV]
+    tag = _tag(folder)
 
     # Without a tuning file, everything but the tuned methods runs: records with every metric,
     # mirrored to $OUT, and the figure cases' volumes saved there.
@@ -61,10 +69,13 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     assert "1 of them need tuned weights" in capsys.readouterr().out
     records = _lines(results)
     assert [r["key"] for r in records] == [
-        "SVCT-30/phantom-1000001/DDS/iid/seed0",
-        "SVCT-30/phantom-1000001/DDS/iscs/seed0",
-        "ZSR-4/mri-1000001/DDS/iid/seed0",
+        f"SVCT-30/phantom-1000001/DDS/iid/seed0/{tag}",
+        f"SVCT-30/phantom-1000001/DDS/iscs/seed0/{tag}",
+        f"ZSR-4/mri-1000001/DDS/iid/seed0/{tag}",
     ]
+    assert {(r["checkpoint"], r["checkpoint_sha256"], r["precision"]) for r in records} == {
+        ("tiny.pt", tag.split("-")[-1], "fp32")
+    }
     assert [r["label"] for r in records] == ["DDS", "DDS+ISCS", "DDS"]
     for record in records:
         assert set(METRIC_KEYS) | {"abs_delta_slices"} <= set(record["metrics"])
@@ -73,7 +84,7 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     assert (folder / "out" / "results.jsonl").read_text() == results.read_text()
     gt, recon = (
         torch.load(folder / "out" / f"{name}.pt", weights_only=True)["volume"].float()
-        for name in ("phantom-1000001__GT", "SVCT-30__phantom-1000001__DDS__iscs__seed0")
+        for name in ("phantom-1000001__GT", f"SVCT-30__phantom-1000001__DDS__iscs__seed0__{tag}")
     )
     assert volume_metrics(recon, gt)["psnr"] == pytest.approx(records[1]["metrics"]["psnr"], abs=0.05)
 
@@ -90,7 +101,7 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
     # Now the tuned case runs too, with the tuned weight, after the records already there.
     assert iscs_eval.main(flags + cases) == 0
     records = _lines(results)
-    assert [r["key"] for r in records[3:]] == ["SVCT-30/phantom-1000001/DDS+TV/iid/seed0"]
+    assert [r["key"] for r in records[3:]] == [f"SVCT-30/phantom-1000001/DDS+TV/iid/seed0/{tag}"]
     assert records[3]["weight"] == tuning["w_dz"]["SVCT-30"]
 
     # A rerun skips what is there: no method runs and the file stays as it was.
@@ -103,39 +114,47 @@ def test_tune_evaluate_resume(toy, capsys, monkeypatch):
         assert iscs_eval.main(flags + ["--only", "SVCT-30/*/DDS/shared/*", "--max-minutes", "0"]) == 0
         assert "stopping" in capsys.readouterr().out
         with pytest.raises(ValueError, match="made with settings"):
-            iscs_eval.main(flags + ["--precision", "bf16"])
+            iscs_eval.main(flags + ["--nfe", "3"])
     assert results.read_bytes() == before
 
     # Same seed, same reconstruction: a second results file gets identical metrics.
     again = folder / "again.jsonl"
-    assert iscs_eval.main(flags + ["--only", "SVCT-30/*/DDS/iscs/seed0", "--results", str(again)]) == 0
+    assert iscs_eval.main(flags + ["--only", "SVCT-30/*/DDS/iscs/seed0/*", "--results", str(again)]) == 0
     assert _lines(again)[0]["metrics"] == records[1]["metrics"]
 
 
 def test_harness_and_user_path_give_the_same_metrics(toy):
     folder, flags = toy
-    cases = ["--only", "SVCT-30/*/DDS/iscs/seed0", "ZSR-4/*/A_dagger/none/seed0"]
-    assert iscs_eval.main(flags + cases) == 0
+    cases = ["--only", "SVCT-30/*/DDS/iscs/seed0/*", "LACT-100/*/DDNM/iid/seed0/*"]
+    cases += ["ZSR-4/*/A_dagger/none/seed0"]
+    assert iscs_eval.main(flags + cases + ["--harness"]) == 0
     user = folder / "user.jsonl"
-    assert iscs_eval.main(flags + cases + ["--results", str(user), "--user-path", "--workers", "2"]) == 0
+    assert iscs_eval.main(flags + cases + ["--results", str(user), "--workers", "2"]) == 0
     harness_records = {record["key"]: record for record in _lines(folder / "results.jsonl")}
     user_records = {record["key"]: record for record in _lines(user)}
-    assert sorted(user_records) == sorted(harness_records) and len(user_records) == 2
+    assert sorted(user_records) == sorted(harness_records) and len(user_records) == 3
     for key, record in user_records.items():
         assert (record["runner"], harness_records[key]["runner"]) == ("entry script", "harness")
         assert record["metrics"] == harness_records[key]["metrics"], key
+        for field in ("pinv", "precision", "checkpoint_sha256"):
+            assert record[field] == harness_records[key][field], (key, field)
+    # DDNM on CT runs with the problem's default pseudo-inverse, SIRT, on both paths.
+    assert {key.split("/")[2]: record["pinv"] for key, record in user_records.items()} == {
+        "DDS": None, "DDNM": "sirt", "A_dagger": None
+    }
     # Each volume is written once, in HU for CT, and both ways read it from there.
     files = sorted(path.name for path in (folder / "cache").iterdir())
     assert files == ["mri-1000001_16x16x16_cpu_template.nii.gz", "phantom-1000001_4x16x16_cpu.nii.gz"]
     hu, _ = read_volume(folder / "cache" / files[1])
     assert hu.min() <= -900 and hu.max() > 1
-    with pytest.raises(ValueError, match="--workers 2: cases run at once as subprocesses only"):
-        iscs_eval.main(flags + ["--workers", "2"])
+    with pytest.raises(ValueError, match="--workers 2: the harness runs one case at a time"):
+        iscs_eval.main(flags + ["--harness", "--workers", "2"])
 
 
 def test_queue_order_and_coverage():
     phantoms, brains, seeds = [11, 12, 13], [21, 22], range(3)
-    queue = iscs_eval.case_queue(phantoms, brains, seeds)
+    volumes = {"SVCT-30": phantoms, "LACT-100": phantoms, "ZSR-4": brains}
+    queue = iscs_eval.case_queue(volumes, seeds, priority="paper")
     keys = [case.key for case in queue]
     assert len(keys) == len(set(keys))
     first = [(c.problem, c.method) for c in queue[:48]]
@@ -146,7 +165,6 @@ def test_queue_order_and_coverage():
         ("iid", 0, 12),
         ("iscs", 0, 12),
     ]
-    volumes = {"SVCT-30": phantoms, "LACT-100": phantoms, "ZSR-4": brains}
     present = {(c.problem, c.volume, c.method, c.noise, c.seed) for c in queue}
     for problem, problem_volumes in volumes.items():
         classical = iscs_eval.PROBLEMS[problem].classical
@@ -221,7 +239,7 @@ def test_figures_from_synthetic_results(tmp_path):
         == 0
     )
     table = (tmp_path / "iscs_table.md").read_text()
-    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| SVCT-30")}
+    rows = {line.split(" | ")[2]: line for line in table.splitlines() if line.startswith("| SVCT-30")}
     assert list(rows) == ["FDK", "DDS", "DDS+ISCS"]
     # Coronal PSNR 30 and 32: mean 31, sample std sqrt(2); the paper's DDS numbers sit beside them.
     assert "| 31.00 ± 1.41 | 32.00 ± 1.41 |" in rows["DDS"] and "34.76/35.12/35.33 | 0.0056" in rows["DDS"]
@@ -231,10 +249,10 @@ def test_figures_from_synthetic_results(tmp_path):
     assert "axial not worse than -0.1 dB: -0.20 dB, missed" in table
     assert f"| ar1-4 | {math.exp(-0.25):.5f} | 1 | 31.00 |" in table
     with (tmp_path / "iscs_table.csv").open() as handle:
-        csv_rows = {tuple(line.split(",")[:2]): line.split(",") for line in handle.read().splitlines()[1:]}
-    assert ("SVCT-30", "DDS+AR1(4)") in csv_rows
-    assert float(csv_rows[("SVCT-30", "DDS")][5]) == pytest.approx(31.0)
-    assert float(csv_rows[("SVCT-30", "DDS")][6]) == pytest.approx(math.sqrt(2), rel=1e-6)
+        csv_rows = {tuple(line.split(",")[:3]): line.split(",") for line in handle.read().splitlines()[1:]}
+    assert ("SVCT-30", "untagged", "DDS+AR1(4)") in csv_rows
+    assert float(csv_rows[("SVCT-30", "untagged", "DDS")][6]) == pytest.approx(31.0)
+    assert float(csv_rows[("SVCT-30", "untagged", "DDS")][7]) == pytest.approx(math.sqrt(2), rel=1e-6)
     panels = make_iscs_figures.slice_panels(make_iscs_figures.load_volumes(volumes))
     assert [(problem, [name for name, _, _ in recons]) for problem, _, recons in panels] == [
         ("SVCT-30", ["DDS", "DDS+ISCS"])
