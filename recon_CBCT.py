@@ -6,8 +6,14 @@ folder; ``python recon_CBCT.py --help`` lists every option. ``recon_CBCT.sh`` is
 
 import sys
 
-from recon.problems import CBCT_PROFILE
-from recon.run import main as run_main
+try:
+    from recon.problems import CBCT_PROFILE
+    from recon.run import main as run_main
+except KeyboardInterrupt:
+    # Ctrl-C while torch loads ends the script quietly, with the exit code of a Ctrl-C during a run.
+    if __name__ != "__main__":
+        raise
+    sys.exit(130)
 
 
 def main(argv=None) -> int:

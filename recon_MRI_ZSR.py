@@ -7,8 +7,14 @@ self-describing results folder; ``python recon_MRI_ZSR.py --help`` lists every o
 
 import sys
 
-from recon.problems import ZSR_PROFILE
-from recon.run import main as run_main
+try:
+    from recon.problems import ZSR_PROFILE
+    from recon.run import main as run_main
+except KeyboardInterrupt:
+    # Ctrl-C while torch loads ends the script quietly, with the exit code of a Ctrl-C during a run.
+    if __name__ != "__main__":
+        raise
+    sys.exit(130)
 
 
 def main(argv=None) -> int:

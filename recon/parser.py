@@ -27,21 +27,46 @@ DEVICES = ("cpu", "cuda")
 NOISE_CONTROLS = tuple(str(name) for name in NOISE_ALIASES if isinstance(name, str)) + tuple(NOISE_SOURCES)
 
 
-def _bounded(kind: type, low: float, name: str, strict: bool = False):
-    """An argparse type converter that accepts ``kind`` values ``>= low`` (``> low`` if strict)."""
-    relation = ">" if strict else ">="
+MAX_COUNT = 100_000
+"""Largest iteration count, NFE or slice batch accepted: far above any useful run, low enough that
+a typo cannot allocate a schedule or batch beyond memory."""
+MAX_SIGMA = 1e4
+"""Largest noise level accepted: VE priors are trained up to a few hundred; 1e4 leaves room without
+letting float32 slices lose all their signal."""
+MAX_SINO_NOISE = 1e12
+"""Largest --sino-noise (Poisson I0): its relative noise 1e-6 is already below float32 resolution."""
+MAX_RECON_SIZE = 2048
+"""Largest plane side: one 2048^3 float32 volume is 32 GiB."""
+SEED_LIMIT = 2**63
+"""Seeds are accepted in [0, 2^63): what ``torch.Generator.manual_seed`` takes on every platform."""
+
+
+def _show(value: float) -> str:
+    return "2^63" if value == SEED_LIMIT else f"{value:g}"
+
+
+def _accepted(name: str, low, high, strict: bool) -> str:
+    if high is None:
+        return f"{name} {'>' if strict else '>='} {_show(low)}"
+    return f"{name} in {'(' if strict else '['}{_show(low)}, {_show(high)}{')' if high == SEED_LIMIT else ']'}"
+
+
+def _bounded(kind: type, low: float, name: str, strict: bool = False, high: Optional[float] = None):
+    """An argparse type converter for finite ``kind`` values ``>= low`` (``> low`` if strict) and, with
+    ``high``, ``<= high`` (``< high`` for the seed limit); nan and inf are refused."""
+    accepted = _accepted(name, low, high, strict)
 
     def convert(text: str):
         try:
             value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {name}; {name} {relation} {low:g} is accepted"
-            ) from None
-        if math.isnan(value) or (value <= low if strict else value < low):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is out of range; {name} {relation} {low:g} is accepted"
-            )
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}; {accepted} is accepted") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; {accepted} is accepted")
+        below = value <= low if strict else value < low
+        above = high is not None and (value >= high if high == SEED_LIMIT else value > high)
+        if below or above:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; {accepted} is accepted")
         return value
 
     return convert
@@ -67,6 +92,26 @@ positive_int = _bounded(int, 1, "an integer")
 non_negative_int = _bounded(int, 0, "an integer")
 non_negative_float = _bounded(float, 0.0, "a number")
 positive_float = _bounded(float, 0.0, "a number", strict=True)
+count = _bounded(int, 1, "an integer", high=MAX_COUNT)
+non_negative_count = _bounded(int, 0, "an integer", high=MAX_COUNT)
+sigma = _bounded(float, 0.0, "a number", strict=True, high=MAX_SIGMA)
+sino_noise = _bounded(float, 0.0, "a number", high=MAX_SINO_NOISE)
+recon_size = _bounded(int, 1, "an integer", high=MAX_RECON_SIZE)
+seed = _bounded(int, 0, "an integer", high=SEED_LIMIT)
+
+
+def length_or_inf(text: str) -> float:
+    """An argparse type converter for a number >= 0 or ``inf`` (an unbounded correlation length)."""
+    if text.strip().lower() in ("inf", "+inf", "infinity"):
+        return math.inf
+    try:
+        return non_negative_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; a number >= 0 or inf is") from None
+
+
+# Noise knobs whose converter differs from non_negative_float: an infinite AR(1) length shares the noise.
+KNOB_TYPES = {"corr_length": length_or_inf}
 
 
 def knob_option(knob: str) -> str:
@@ -160,7 +205,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     )
     problem.add_argument(
         "--recon-size",
-        type=positive_int,
+        type=recon_size,
         default=None,
         help="side of the square planes the prior sees, after antialiased resizing; "
         "None: the prior's data.image_size for DDS/DDNM, the input size otherwise",
@@ -170,11 +215,11 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
 
     sampler = parser.add_argument_group("diffusion sampler (DDS, DDNM)")
     sampler.add_argument(
-        "--NFE", type=positive_int, default=method.nfe, help="number of denoiser evaluations (noise levels)"
+        "--NFE", type=count, default=method.nfe, help="number of denoiser evaluations (noise levels)"
     )
     sampler.add_argument(
         "--num-cg",
-        type=non_negative_int,
+        type=non_negative_count,
         default=method.dc_cg_iters,
         help="CG iterations of each data-consistency step (ADMM-TV: of each x-update)",
     )
@@ -189,13 +234,13 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     )
     sampler.add_argument(
         "--sigma-max",
-        type=positive_float,
+        type=sigma,
         default=prior.sigma_max,
         help="largest noise level; None: model.sigma_max of the config",
     )
     sampler.add_argument(
         "--sigma-min",
-        type=positive_float,
+        type=sigma,
         default=prior.sigma_min,
         help="smallest noise level; None: model.sigma_min of the config",
     )
@@ -209,7 +254,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     for knob, meaning in NOISE_KNOBS.items():
         sampler.add_argument(
             knob_option(knob),
-            type=non_negative_float,
+            type=KNOB_TYPES.get(knob, non_negative_float),
             default=None,
             help=f"{meaning}; None: the source's default",
         )
@@ -239,7 +284,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     )
     sampler.add_argument(
         "--slice-batch",
-        type=positive_int,
+        type=count,
         default=prior.slice_batch,
         help="slices per network call; None: chosen from free memory",
     )
@@ -271,7 +316,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     )
     sampler.add_argument(
         "--pinv-iter",
-        type=positive_int,
+        type=count,
         default=method.pinv_iter,
         help="iterations of DDNM's iterative pseudo-inverse (sirt, cg)",
     )
@@ -295,7 +340,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         default=method.admm_rho,
         help="ADMM penalty rho, relative to ||A||^2",
     )
-    admm.add_argument("--admm-iter", type=positive_int, default=method.admm_iter, help="ADMM iterations")
+    admm.add_argument("--admm-iter", type=count, default=method.admm_iter, help="ADMM iterations")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default=default_device(), help="compute device")
@@ -306,7 +351,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
         help="CUDA device index (with --device cuda); under torchrun each process uses its LOCAL_RANK's GPU",
     )
     run.add_argument(
-        "--seed", type=int, default=run_defaults["seed"], help="seed of the one random generator"
+        "--seed", type=seed, default=run_defaults["seed"], help="seed of the one random generator"
     )
     run.add_argument(
         "--results-dir", type=Path, default=output.results_dir, help="root of the results folders"
@@ -327,5 +372,13 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
 
 
 def parse_args(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`build_parser`."""
-    return build_parser(profile).parse_args(argv)
+    """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`build_parser`; a bad value or a
+    --sigma-min not below --sigma-max exits with code 2 and one line on stderr."""
+    parser = build_parser(profile)
+    args = parser.parse_args(argv)
+    if args.sigma_min is not None and args.sigma_max is not None and args.sigma_min >= args.sigma_max:
+        parser.error(
+            f"argument --sigma-min: {args.sigma_min:g} is not below --sigma-max {args.sigma_max:g}; "
+            f"0 < sigma-min < sigma-max <= {MAX_SIGMA:g} is accepted"
+        )
+    return args

@@ -21,7 +21,7 @@ from typing import ClassVar, Dict, NamedTuple, Optional, Tuple
 import torch
 
 from recon.factory import SAMPLER_STEPS, SOLVERS
-from recon.parser import ScriptProfile, finite_float, positive_int
+from recon.parser import ScriptProfile, count, sino_noise
 from utils.io import Meta
 from utils.volume import (
     HU_WINDOW,
@@ -447,15 +447,15 @@ CBCT_PROFILE = ScriptProfile(
         (
             "--sino-noise",
             dict(
-                type=finite_float,
+                type=sino_noise,
                 default=CBCTProblem.sino_noise,
-                help="projection noise: <= 0 none, (0, 100) Gaussian "
+                help="projection noise: 0 none, (0, 100) Gaussian "
                 "with std sqrt(value), >= 100 Poisson with I0 = value (physics.noise_from_sino_noise)",
             ),
         ),
         (
             "--sirt-iter",
-            dict(type=positive_int, default=CBCTProblem.sirt_iter, help="iterations of the SIRT-LV baseline"),
+            dict(type=count, default=CBCTProblem.sirt_iter, help="iterations of the SIRT-LV baseline"),
         ),
         (
             "--baseline-backend",

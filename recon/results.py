@@ -3,7 +3,9 @@
 A run writes into ``<results_dir>/<config>/<data>/<task>-<degree>/<method>/<problem>/<YYMMDD_HHMMSS>/``;
 a folder is never reused (a clash gets the suffix ``_1``, ``_2``, ...). While the run is going the
 folder holds a file ``INCOMPLETE``; it is removed when the run finishes, and a failed run keeps it
-with the error message (the log ``run.log`` has the traceback).
+with the error message (the log ``run.log`` has the traceback). Every file is written through a
+checked temporary file (``utils.io.write_verified``), so a full disk fails the run instead of leaving a
+short file under its final name.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import subprocess
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from utils.io import Meta, write_volume
+from utils.io import Meta, write_text, write_volume
 
 MARKER = "INCOMPLETE"
 LOG_NAME = "run.log"
@@ -86,7 +89,12 @@ def create_run_dir(parent: Path, now: Optional[_dt.datetime] = None) -> Path:
         except FileExistsError:
             suffix += 1
             continue
-        (path / MARKER).write_text("run in progress\n")
+        try:
+            write_text(path / MARKER, "run in progress\n")
+        except OSError:
+            # A folder without its marker would look complete: it goes rather than stay unmarked.
+            path.rmdir()
+            raise
         return path
 
 
@@ -167,21 +175,15 @@ class RunFolder:
 
     def yaml(self, name: str, content: Mapping[str, Any]) -> Path:
         """Write ``content`` as YAML (paths as strings, keys in the given order)."""
-        path = self.path / name
-        path.write_text(yaml.safe_dump(_plain(dict(content)), sort_keys=False))
-        return path
+        return write_text(self.path / name, yaml.safe_dump(_plain(dict(content)), sort_keys=False))
 
     def json(self, name: str, content: Mapping[str, Any]) -> Path:
         """Write ``content`` as JSON (non-finite numbers as null)."""
-        path = self.path / name
-        path.write_text(json.dumps(_plain(dict(content)), indent=2) + "\n")
-        return path
+        return write_text(self.path / name, json.dumps(_plain(dict(content)), indent=2) + "\n")
 
     def text(self, name: str, content: str) -> Path:
         """Write a text file."""
-        path = self.path / name
-        path.write_text(content if content.endswith("\n") else content + "\n")
-        return path
+        return write_text(self.path / name, content if content.endswith("\n") else content + "\n")
 
     def start_log(self) -> None:
         """Copy the project's log records (and Python warnings) into ``run.log``."""
@@ -193,11 +195,16 @@ class RunFolder:
             logging.getLogger(name).addHandler(self._handler)
 
     def stop_log(self) -> None:
-        """Detach and close the ``run.log`` handler."""
+        """Detach the ``run.log`` handler, and flush, sync and close the file."""
         if self._handler is not None:
             for name in (LOGGER_NAME, "py.warnings"):
                 logging.getLogger(name).removeHandler(self._handler)
-            self._handler.close()
+            try:
+                self._handler.flush()
+                if self._handler.stream is not None:
+                    os.fsync(self._handler.stream.fileno())
+            finally:
+                self._handler.close()
             self._handler = None
 
     def complete(self) -> None:
@@ -205,24 +212,45 @@ class RunFolder:
         (self.path / MARKER).unlink()
 
     def fail(self, message: str) -> None:
-        """Keep the folder marked incomplete, with the reason."""
-        (self.path / MARKER).write_text(f"run failed: {message}\nsee {LOG_NAME}\n")
+        """Keep the folder marked incomplete, with the reason (the marker is replaced atomically)."""
+        write_text(self.path / MARKER, f"run failed: {message}\nsee {LOG_NAME}\n")
+
+
+class _Below(logging.Filter):
+    """Passes records below a level."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
 
 
 @contextlib.contextmanager
 def console_logging() -> Iterator[logging.Logger]:
-    """Print the project's INFO records (and Python warnings) to stdout while the block runs."""
+    """Print the project's INFO records to stdout, its warnings and Python warnings to stderr.
+
+    Error records go to ``run.log`` only: the entry scripts print the one ``error:`` line themselves.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.DEBUG)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
+    info = logging.StreamHandler(sys.stdout)
+    info.setLevel(logging.INFO)
+    info.addFilter(_Below(logging.WARNING))
+    warning = logging.StreamHandler(sys.stderr)
+    warning.setLevel(logging.WARNING)
+    warning.addFilter(_Below(logging.ERROR))
+    handlers = (info, warning)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
     logging.captureWarnings(True)
-    logging.getLogger("py.warnings").addHandler(handler)
+    logging.getLogger("py.warnings").addHandler(warning)
     try:
         yield logger
     finally:
-        logging.getLogger("py.warnings").removeHandler(handler)
+        logging.getLogger("py.warnings").removeHandler(warning)
         logging.captureWarnings(False)
-        logger.removeHandler(handler)
+        for handler in handlers:
+            logger.removeHandler(handler)

@@ -3,14 +3,19 @@
 ``main(profile, argv)`` is what ``recon_CBCT.py`` and ``recon_MRI_ZSR.py`` call: it parses the
 command line into a ``RunSpec`` (``recon.cli``) and runs it with :func:`run`. Expected failures
 (bad input, missing files, a checkpoint that does not fit its config...) print one line
-``error: <message>`` to stderr and return exit code 2; anything else keeps its traceback.
+``error: <message>`` to stderr and return exit code 2; anything else keeps its traceback. SIGINT
+(Ctrl-C), SIGTERM and SIGHUP stop a run alike: the folder stays marked INCOMPLETE with the signal's
+name, one line goes to stderr, and the exit code is 128 + the signal's number (130, 143, 129).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,76 @@ class StageMemoryError(MemoryError):
 
 # The project's modules report bad input with these; main() turns them into one-line errors.
 EXPECTED_ERRORS = (ValueError, TypeError, OSError, MemoryError)
+
+# Signals that stop a run like Ctrl-C; SIGINT itself raises KeyboardInterrupt already.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Stopped(KeyboardInterrupt):
+    """The run was stopped by a signal; the process exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def stop_signal(err: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind an interruption: a :class:`Stopped`'s own, else SIGINT (Ctrl-C)."""
+    return signal.Signals(getattr(err, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """Raise :class:`Stopped` on SIGTERM and SIGHUP while the block runs (main thread only).
+
+    A signal the process inherited as ignored (``nohup``) stays ignored, and a repeat is ignored
+    once the first arrived, so that the cleanup that marks the folder finishes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+def physical_memory() -> Optional[int]:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_volume_memory(size: Optional[int], shape: Sequence[int]) -> None:
+    """Refuse a ``--recon-size`` whose reconstructed float32 volume alone exceeds physical memory.
+
+    The volume has at most ``max(shape)`` slices (resizing keeps the slice count, ZSR's planes
+    contain z) of ``size`` x ``size``, or ``size`` slices where the planes are resized along z.
+    """
+    memory = physical_memory()
+    if size is None or memory is None:
+        return
+    needed = max(*shape, size) * size * size * 4
+    if needed > memory:
+        raise MemoryError(
+            f"--recon-size {size}: its float32 volume needs {needed / 2**30:.1f} GiB, more than this "
+            f"machine's {memory / 2**30:.1f} GiB of memory; accepted: a smaller --recon-size"
+        )
 
 
 @dataclass
@@ -282,6 +357,7 @@ def _run(
     array, meta = read_volume(spec.problem.data)
     net = factory.load_prior(spec.prior, device) if spec.method.name in PRIOR_METHODS else None
     spec = factory.resolve(spec, None if net is None else net.config)
+    check_volume_memory(spec.problem.recon_size, array.shape)
     sampler = factory.sampler_config(spec) if net is not None else None
     gt, meta, intensity, source_shape = spec.problem.prepare(array, meta, device)
     if net is not None:
@@ -326,7 +402,9 @@ def _run(
         reason = _describe_failure(err)
         log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)
         log.debug("traceback", exc_info=True)
-        folder.fail(reason)
+        # A folder whose reason cannot be written (a full disk) keeps its first INCOMPLETE marker.
+        with contextlib.suppress(OSError):
+            folder.fail(reason)
         raise
     finally:
         folder.stop_log()
@@ -344,8 +422,10 @@ def _new_run_dir(spec: RunSpec, parent: Path) -> Path:
 
 
 def _describe_failure(err: BaseException) -> str:
+    if isinstance(err, Stopped):
+        return str(err)
     if isinstance(err, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
+        return "stopped by SIGINT: interrupted (KeyboardInterrupt)"
     return f"{type(err).__name__}: {_one_line(err)}"
 
 
@@ -358,11 +438,26 @@ def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
 
     Under torchrun only rank 0 logs and prints errors, its own or a failed peer's; another rank
     prints only an error that could not reach rank 0. A rank stopped by a peer's failure exits
-    with code 0, so that torchrun names the rank that failed (and exits non-zero itself).
+    with code 0, so that torchrun names the rank that failed (and exits non-zero itself). A signal
+    (SIGINT, SIGTERM, SIGHUP; torchrun passes them to every rank) stops every rank with exit code
+    128 + its number; rank 0 prints the one line.
     """
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
-    spec = spec_from_args(parse_args(profile, argv))
-    is_main = distributed.launch_from_env().is_main
+    is_main = True
+    with stopping_on_signals():
+        try:
+            is_main = distributed.launch_from_env().is_main
+            spec = spec_from_args(parse_args(profile, argv))
+            return _main(spec, profile, argv, is_main)
+        except KeyboardInterrupt as err:
+            number = stop_signal(err)
+            if is_main:
+                what = "interrupted" if number == signal.SIGINT else f"stopped by {number.name}"
+                print(f"error: {what}; a results folder already made stays marked INCOMPLETE", file=sys.stderr)
+            return 128 + number
+
+
+def _main(spec: RunSpec, profile: ScriptProfile, argv: Sequence[str], is_main: bool) -> int:
     with console_logging() if is_main else distributed.silent_logging(), contextlib.ExitStack() as group:
         try:
             # The process group outlives the error printed below, so no rank exits before rank 0 printed it.
@@ -375,11 +470,4 @@ def main(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> int:
         except distributed.PeerFailure as err:
             if is_main:
                 print(f"error: {_one_line(err)}", file=sys.stderr)
-        except KeyboardInterrupt:
-            if is_main:
-                print(
-                    "error: interrupted; a results folder already made stays marked INCOMPLETE",
-                    file=sys.stderr,
-                )
-            return 130
     return 0

@@ -31,7 +31,7 @@ ARGV = {
         "--sigma-max", "80.5", "--noise-control", "iscs", "--noise-span", "0.25",
         "--renoise-method", "DDIM", "--use-init", "--config-path", "/c/model.yaml", "--slice-batch", "8",
         "--precision", "bf16", "--tv-weight", "0.003", "--admm-rho", "0.02", "--admm-iter", "9",
-        "--device", "cpu", "--gpu", "1", "--seed", "-3", "--results-dir", "/out", "--gif",
+        "--device", "cpu", "--gpu", "1", "--seed", "3", "--results-dir", "/out", "--gif",
     ],
     "recon_MRI_ZSR.py": [
         "--degree", "3", "--method", "A_dagger", "--noise-control", "ar1", "--noise-corr-length", "inf",
