@@ -3,7 +3,7 @@ cost of regional vs full compilation (empty and warm caches), and the constants 
 
 Measured, in this order, until the time budget (--budget-s) is spent; each line of work runs in its
 own process, so every "cold" compile starts from an empty cache folder and a fresh process:
-  1. eager bf16 (channels_last) and eager bf16 + CUDA graph, per chunk size: s/slice, peak memory,
+  1. eager bf16 (contiguous, as the entry scripts run it; channels_last; channels_last + CUDA graph), per chunk size: s/slice, peak memory,
      and the memory probe's estimate (models.denoiser: per-slice bytes x chunk x PROBE_MARGIN);
   2. compiled + CUDA graph at the default knee chunk (what models.Denoiser runs), regional and full:
      first call (compile + capture) with an EMPTY cache folder, then again in a second process on
@@ -139,11 +139,13 @@ def worker(args):
             x = torch.rand(chunk, config.data.num_channels, size, size, device=device)
             per_slice = probe.measure_bytes_per_slice(x) if graph else float("nan")
             estimate = per_slice * chunk * denoiser_module.PROBE_MARGIN
-            for path, cuda_graph in (
-                {"eager": False, "eager+graph": True} if graph else {"eager": False}
-            ).items():
+            # (layout, CUDA graph): the entry scripts' eager path is contiguous without a graph.
+            paths = {"eager": (False, False), "eager channels_last": (True, False)}
+            if graph:
+                paths["eager channels_last+graph"] = (True, True)
+            for path, (channels_last, cuda_graph) in paths.items():
                 denoiser = Denoiser(
-                    net, slice_batch=chunk, precision="bf16", channels_last=True, cuda_graph=cuda_graph
+                    net, slice_batch=chunk, precision="bf16", channels_last=channels_last, cuda_graph=cuda_graph
                 )
                 measured_row(path, denoiser, chunk, config, args, device, probe_bytes=estimate)
                 del denoiser
@@ -243,7 +245,7 @@ def report(args, rows, config):
     rows = [r for r in rows if r not in halved]
 
     def of(path, label_part=""):
-        """Rows of a path ("eager", "eager+graph") or a compile scope ("regional", "full"), from the
+        """Rows of a path ("eager", "eager channels_last+graph") or a compile scope ("regional", "full"), from the
         runs whose label holds label_part."""
         name = (lambda r: r["path"]) if path.startswith("eager") else (lambda r: r["path"].split("+")[0])
         return [r for r in rows if name(r) == path and label_part in r["label"]]
@@ -252,7 +254,7 @@ def report(args, rows, config):
     sweeps = {
         "regional compiled": of("regional"),
         "full compiled": of("full"),
-        "eager+graph": of("eager+graph"),
+        "eager channels_last+graph": of("eager channels_last+graph"),
     }
     sweeps["eager"] = of("eager")
     source = next((name for name, found in sweeps.items() if len({r["chunk"] for r in found}) >= 3), "eager")
