@@ -218,7 +218,7 @@ def _check_property(script, options, inputs, results: Path) -> None:
 @example(options=[("--method", "ADMM-TV"), ("--tv-weight", "0")])
 @example(options=[("--method", "ADMM-TV"), ("--num-cg", "0")])
 def test_cbct_options_are_accepted_or_refused_in_one_line(inputs, stop_at_folder, tmp_path, options):
-    _check_property(recon_CBCT, options, inputs, tmp_path / f"results-{len(list(tmp_path.iterdir()))}")
+    _check_property(recon_CBCT, options, inputs, tmp_path / "results")
 
 
 @FUZZ
@@ -231,7 +231,7 @@ def test_cbct_options_are_accepted_or_refused_in_one_line(inputs, stop_at_folder
 @example(options=[("--noise-control", "ar1"), ("--noise-corr-length", "inf")])
 @example(options=[("--sigma-min", "1e-400")])
 def test_zsr_options_are_accepted_or_refused_in_one_line(inputs, stop_at_folder, tmp_path, options):
-    _check_property(recon_MRI_ZSR, options, inputs, tmp_path / f"results-{len(list(tmp_path.iterdir()))}")
+    _check_property(recon_MRI_ZSR, options, inputs, tmp_path / "results")
 
 
 # ------------------------------------------------------------------ the real scripts, end to end
