@@ -162,11 +162,19 @@ def _ddnm(method: MethodSpec, op, y: torch.Tensor) -> algorithms.ConsistencyStep
     if method.w_tik != 0.0 or method.w_dz != 0.0:
         weights = f"w_tik={method.w_tik}, w_dz={method.w_dz}"
         raise ValueError(f"w_tik and w_dz apply to method 'DDS' only, got {weights} for 'DDNM'")
+    return algorithms.ConsistencyStep(algorithms.DDNMConsistency(op, y, make_pinv(method, op)))
+
+
+def make_pinv(method: MethodSpec, op):
+    """DDNM's pseudo-inverse of ``op`` as ``method`` says (``--pinv``, ``--pinv-iter``, ``--pinv-min``);
+    one that ``op`` does not have is a one-line error naming ``--pinv``."""
     from physics import make_pseudo_inverse
 
     options = {"sirt": dict(n_iter=method.pinv_iter, min_value=method.pinv_min), "cg": dict(n_iter=method.pinv_iter)}
-    pinv = make_pseudo_inverse(method.pinv, op, **options.get(method.pinv, {}))
-    return algorithms.ConsistencyStep(algorithms.DDNMConsistency(op, y, pinv))
+    try:
+        return make_pseudo_inverse(method.pinv, op, **options.get(method.pinv, {}))
+    except ValueError as err:
+        raise ValueError(f"--pinv {method.pinv}: {err}") from None
 
 
 def _admm_tv(method: MethodSpec, op, y: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,9 @@ a typo cannot allocate a schedule or batch beyond memory."""
 MAX_SIGMA = 1e4
 """Largest noise level accepted: VE priors are trained up to a few hundred; 1e4 leaves room without
 letting float32 slices lose all their signal."""
+MIN_SIGMA = 1e-6
+"""Smallest noise level accepted: four decades below the priors' 0.01, while sigma^2 (the denoiser's
+score weight) stays a normal float32 and sigma_max / sigma_min stays finite."""
 MAX_SINO_NOISE = 1e12
 """Largest --sino-noise (Poisson I0): its relative noise 1e-6 is already below float32 resolution."""
 MAX_RECON_SIZE = 2048
@@ -94,7 +97,7 @@ non_negative_float = _bounded(float, 0.0, "a number")
 positive_float = _bounded(float, 0.0, "a number", strict=True)
 count = _bounded(int, 1, "an integer", high=MAX_COUNT)
 non_negative_count = _bounded(int, 0, "an integer", high=MAX_COUNT)
-sigma = _bounded(float, 0.0, "a number", strict=True, high=MAX_SIGMA)
+sigma = _bounded(float, MIN_SIGMA, "a number", high=MAX_SIGMA)
 sino_noise = _bounded(float, 0.0, "a number", high=MAX_SINO_NOISE)
 recon_size = _bounded(int, 1, "an integer", high=MAX_RECON_SIZE)
 seed = _bounded(int, 0, "an integer", high=SEED_LIMIT)
@@ -330,7 +333,7 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
     admm = parser.add_argument_group("ADMM-TV (defaults: algorithms.admm_tv's)")
     admm.add_argument(
         "--tv-weight",
-        type=non_negative_float,
+        type=positive_float,
         default=method.tv_weight,
         help="TV weight lam, relative to ||A||^2",
     )
@@ -372,13 +375,22 @@ def build_parser(profile: ScriptProfile) -> argparse.ArgumentParser:
 
 
 def parse_args(profile: ScriptProfile, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`build_parser`; a bad value or a
-    --sigma-min not below --sigma-max exits with code 2 and one line on stderr."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`build_parser`; a bad value, or options
+    that contradict each other or the method, exit with code 2 and one line on stderr."""
     parser = build_parser(profile)
     args = parser.parse_args(argv)
     if args.sigma_min is not None and args.sigma_max is not None and args.sigma_min >= args.sigma_max:
         parser.error(
             f"argument --sigma-min: {args.sigma_min:g} is not below --sigma-max {args.sigma_max:g}; "
-            f"0 < sigma-min < sigma-max <= {MAX_SIGMA:g} is accepted"
+            f"{MIN_SIGMA:g} <= sigma-min < sigma-max <= {MAX_SIGMA:g} is accepted"
         )
+    if args.num_cg == 0 and args.method in ("DDS", "ADMM-TV"):
+        parser.error(
+            f"argument --num-cg: 0 turns {args.method}'s data consistency off; "
+            f"an integer >= 1 is accepted with --method {args.method}"
+        )
+    if args.method == "DDNM":
+        for flag, value in (("--w-tik", args.w_tik), ("--w-dz", args.w_dz)):
+            if value != 0:
+                parser.error(f"argument {flag}: {value:g} applies to --method DDS only; 0 is accepted with DDNM")
     return args

@@ -364,6 +364,9 @@ def _run(
         spec = factory.resolve_compile(spec, tuple(gt.shape))
         factory.check_slice_batch(spec.prior, gt.shape[0])
     op = spec.problem.operator(gt, source_shape)
+    if spec.method.name == "DDNM":
+        # A pseudo-inverse the operator lacks is refused before the results folder exists.
+        factory.make_pinv(spec.method, op)
 
     parent = results_parent(spec)
     # Every rank is ready (input, prior, operator) before rank 0 creates the results folder.

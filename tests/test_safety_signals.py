@@ -64,8 +64,8 @@ def test_ctrl_c_while_importing_exits_130_quietly():
     [
         ("--seed", "-1", "an integer in [0, 2^63)"),
         ("--seed", str(2**63), "an integer in [0, 2^63)"),
-        ("--sigma-max", "nan", "a number in (0, 10000]"),
-        ("--sigma-min", "2e4", "a number in (0, 10000]"),
+        ("--sigma-max", "nan", "a number in [1e-06, 10000]"),
+        ("--sigma-min", "2e4", "a number in [1e-06, 10000]"),
         ("--sino-noise", "-1", "a number in [0, 1e+12]"),
         ("--sino-noise", "inf", "a number in [0, 1e+12]"),
         ("--recon-size", "4096", "an integer in [1, 2048]"),
