@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import math
-import platform
 import sys
 import time
 import warnings
@@ -49,6 +48,10 @@ import torch
 import models
 from datasets.mri import MRIAppearance
 from datasets.slices import PLANES, MRISlices, NiftiSlices, PhantomSlices, RandomizedCTSlices
+from models.precision import default_precision
+from recon.parser import DEVICES
+from utils.device import default_device, device_name
+from utils.io import write_text
 
 SAMPLING_EPS = 1e-5  # score_sde's lower end of t in training and sampling (continuous VE).
 
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: optim.weight_decay)")
     p.add_argument("--ema-rate", type=float, default=None, help="EMA decay (default: model.ema_rate)")
     p.add_argument("--sigma-max", type=float, default=None, help="override model.sigma_max")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=DEVICES, default=default_device())
     p.add_argument("--precision", choices=tuple(models.PRECISIONS), default=None, help="autocast precision (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for cuda)")
@@ -161,7 +164,7 @@ def resolve(args: argparse.Namespace):
             setattr(args, key, value)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.precision = args.precision or default_precision(args.device)
     args.channels_last = args.device == "cuda" if args.channels_last is None else args.channels_last
     if args.resume and args.init_weights is not None:
         raise ValueError("--resume and --init-weights exclude each other: resume continues a run, init starts one")
@@ -396,7 +399,7 @@ class Trainer:
         self.ema.copy_to(params)
         meta = {"step": self.step, "data": self.args.data, "plane": self.args.plane,
                 "first_data_seed": self.args.first_data_seed, "train_minutes": round(self.elapsed / 60, 2),
-                "device": _device_name(self.device), "batch_size": self.args.batch_size,
+                "device": device_name(self.device), "batch_size": self.args.batch_size,
                 "sigma_max": self.sigma_max, "sigma_min": self.sigma_min}
         models.export_weights(path, self.model, self.config, meta=meta)
         self.ema.restore(params)
@@ -449,10 +452,6 @@ def _progress(total: int, initial: int):
                 dynamic_ncols=True, desc="train")
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
 def _sigma_max_report(args, config) -> float:
     source = DATA_SOURCES[args.data](args, config.data.image_size, torch.device(args.device))
     slices = source.batch(args.estimate_sigma_max, torch.Generator(args.device).manual_seed(args.seed))
@@ -479,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer.resume()
     elif args.init_weights is not None:
         trainer.init_weights(args.init_weights)
-    (args.run_dir / "config.yaml").write_text(_yaml(config.to_dict()))
+    write_text(args.run_dir / "config.yaml", _yaml(config.to_dict()))
     first_step = trainer.step
 
     with open(args.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
@@ -493,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export is not None:
         trainer.export(args.export)
     grid = trainer.samples()
-    summary = {"argv": list(argv) if argv is not None else sys.argv[1:], "device": _device_name(trainer.device),
+    summary = {"argv": list(argv) if argv is not None else sys.argv[1:], "device": device_name(trainer.device),
                "torch": torch.__version__, "first_step": first_step, "last_step": trainer.step, "stopped": reason,
                "wall_minutes": round((time.time() - call_start) / 60, 2), "sample_grid": str(grid) if grid else None,
                "export": str(args.export) if args.export else None}

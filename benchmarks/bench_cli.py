@@ -212,7 +212,9 @@ def main(argv=None) -> int:
             print(json.dumps(record), flush=True)
     print_table(records)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "bench_cli.json").write_text(json.dumps(records, indent=1))
+        from utils.io import write_text
+
+        write_text(Path(os.environ["OUT"], "bench_cli.json"), json.dumps(records, indent=1))
     return 0 if all(r["exit_code"] == 0 for r in records) else 1
 
 

@@ -25,14 +25,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
-from utils.device import default_device, device_name  # noqa: E402
+from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 
 
 def _timed(fn, repeats: int, device: torch.device):
     """Median seconds and peak extra memory (bytes, CUDA only) of ``fn()``; returns its last output."""
     times, out = [], None
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(device)
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     for _ in range(repeats):
@@ -41,7 +42,7 @@ def _timed(fn, repeats: int, device: torch.device):
             start.record()
             out = fn()
             stop.record()
-            torch.cuda.synchronize()
+            synchronize(device)
             times.append(start.elapsed_time(stop) / 1000.0)
         else:
             t0 = time.perf_counter()
@@ -164,7 +165,7 @@ def write_json(name: str, data: dict) -> None:
     """Write ``data`` to ``$OUT/name`` when the environment variable OUT is set."""
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / name
-        path.write_text(json.dumps(data, indent=2))
+        write_text(path, json.dumps(data, indent=2))
         print(f"wrote {path}")
 
 

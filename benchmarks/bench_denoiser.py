@@ -45,6 +45,7 @@ from models import Denoiser  # noqa: E402
 from models import denoiser as denoiser_module  # noqa: E402
 from models.denoiser import COMPILE_SCOPES  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 
 KNEE_TOLERANCE = 0.05
 """A chunk is at the knee when its s/slice is within this fraction of the best chunk's."""
@@ -351,7 +352,7 @@ def main(argv=None):
             "summary": summary,
         }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, "bench_denoiser.json").write_text(json.dumps(result, indent=1, default=str))
+        write_text(Path(out_dir, "bench_denoiser.json"), json.dumps(result, indent=1, default=str))
     return 0 if rows else 1
 
 

@@ -58,6 +58,7 @@ from models import Denoiser, load_config  # noqa: E402
 from models.denoiser import COMPILE_MODES  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 REFERENCE_BATCH = 15
@@ -186,7 +187,7 @@ def write_json(result):
     out_dir = os.environ.get("OUT")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, "bench_e2e_dds.json").write_text(json.dumps(result, indent=1))
+        write_text(Path(out_dir, "bench_e2e_dds.json"), json.dumps(result, indent=1))
 
 
 def run_config(name, base_net, gt, op, y, sigmas, args, device):

@@ -53,11 +53,13 @@ sys.path.insert(0, str(ROOT))
 import algorithms  # noqa: E402
 from datasets.ct_phantom import EVAL_SEEDS, generate_phantom  # noqa: E402
 from models import Denoiser, build_model, load_config  # noqa: E402
+from models.checkpoint import atomic_save  # noqa: E402
 from models.precision import PRECISIONS  # noqa: E402
 from physics import ConeBeamCT, ConeBeamGeometry, select_views  # noqa: E402
 from recon import distributed  # noqa: E402
 from recon.parser import DEVICES  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 from utils.volume import hu_to_unit  # noqa: E402
 
 RESULT_NAME = "bench_multigpu.json"
@@ -69,9 +71,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--nprocs", default="1,2,4", help="process counts to run (comma list; 1 first)")
-    parser.add_argument(
-        "--device", choices=DEVICES, default=default_device()
-    )
+    parser.add_argument("--device", choices=DEVICES, default=default_device())
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ve" / "AAPM_256_ncsnpp_Chung.yaml")
     parser.add_argument("--slices", type=int, default=512, help="axial slices of the volume")
     parser.add_argument("--size", type=int, default=256, help="in-plane size (also the network's image size)")
@@ -219,8 +219,8 @@ def run_worker(args) -> None:
             }
             # Rank 0's own parts add up to its wall time; the rest is noise draw and re-noising.
             row["other_s_per_nfe"] = (total - mine["network_s"] - mine["gather_s"] - mine["dc_s"]) / nfe
-            torch.save(x.cpu(), args.result.with_suffix(".pt"))
-            args.result.write_text(json.dumps(row))
+            atomic_save(x.cpu(), args.result.with_suffix(".pt"))
+            write_text(args.result, json.dumps(row))
 
 
 # ----------------------------------------------------------------------------------- driver side
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
             "rows": rows,
         }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, RESULT_NAME).write_text(json.dumps(summary, indent=1))
+        write_text(Path(out_dir, RESULT_NAME), json.dumps(summary, indent=1))
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 

@@ -52,6 +52,7 @@ from models import build_model, load_config  # noqa: E402
 from models.layers import GaussianFourierProjection, variance_scaling  # noqa: E402
 from op import FORCE_TORCH_ENV  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 
 REFERENCE_BATCH = 15
 
@@ -385,7 +386,7 @@ def main():
             "rows": rows,
         }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, "bench_network.json").write_text(json.dumps(result, indent=1, default=str))
+        write_text(Path(out_dir, "bench_network.json"), json.dumps(result, indent=1, default=str))
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 

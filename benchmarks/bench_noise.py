@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algorithms.noise import ISCS_PATH_STRIDE, NOISE_SOURCES, iscs_angles  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
+from utils.io import write_text  # noqa: E402
 
 
 def materialised_iscs(
@@ -139,7 +140,7 @@ def main() -> None:
     out_dir = os.environ.get("OUT")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, "bench_noise.json").write_text(json.dumps(result, indent=2))
+        write_text(Path(out_dir, "bench_noise.json"), json.dumps(result, indent=2))
 
     print(f"noise sources on {result['device']}, shape {list(shape)}, step time {args.step_time} s")
     print(f"{'source':34s} {'ms/call':>9s} {'peak MiB':>9s} {'% step':>8s} {'max|var-1|':>11s}")

@@ -39,6 +39,7 @@ from op import ACTIVATIONS, FORCE_TORCH_ENV, fused_bias_act, load_extension, upf
 from op.fused_act import fused_bias_act_torch  # noqa: E402
 from op.upfirdn2d import upfirdn2d_torch  # noqa: E402
 from utils.device import device_name  # noqa: E402
+from utils.io import write_text  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 """Relative L2 error allowed: fp32 against the fp32 torch path, 16-bit against the fp64 function of
@@ -282,7 +283,7 @@ def main() -> int:
             "timings": timings,
         }
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, "check_ops_cuda.json").write_text(json.dumps(result, indent=1))
+        write_text(Path(out_dir, "check_ops_cuda.json"), json.dumps(result, indent=1))
     return 1 if failures else 0
 
 

@@ -38,6 +38,7 @@ import torch
 from datasets import ct_phantom, ct_regions
 from datasets.ct_phantom import Draw
 from datasets.fields import blur_axis, bspline_matrix, interpolate_grid, piecewise_linear
+from utils.volume import HU_STORED_RANGE
 
 # Offset between a seed's random streams (anatomy, scalar choices, arrays), larger than any seed range.
 _STREAM = 1 << 40
@@ -189,7 +190,7 @@ def randomized_volume(seed: int, shape: Sequence[int] = (64, 128, 128), device: 
     hu = hu + plan["drift"] * body * interpolate_grid(coarse, matrices)
     if plan["noise"] is not None:
         hu = hu + plan["noise_hu"] * ct_noise((d, h, w), plan["noise"], arrays, hu.device)
-    return hu.clamp_(-1024.0, 3071.0), plan
+    return hu.clamp_(*HU_STORED_RANGE), plan
 
 
 def _paint_inserts(hu: torch.Tensor, spacing: Sequence[float], inserts: list) -> None:

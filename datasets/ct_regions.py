@@ -45,6 +45,7 @@ from datasets.ct_phantom import (
     polyline,
     profile,
 )
+from utils.volume import HU_STORED_RANGE
 
 
 def ellipsoid_sd(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, center: Sequence[float],
@@ -473,7 +474,7 @@ def _render_objects(a: SimpleNamespace, cv: Canvas) -> None:
         else:
             cv.paint(full, mask, hu, "fluid")
     _render_texture(cv, a.texture)
-    cv.vol.clamp_(min=-1024.0)  # an additive dark insert on air would go below what a scanner reports
+    cv.vol.clamp_(min=HU_STORED_RANGE[0])  # an additive dark insert on air would go below what a scanner reports
 
 
 # ----------------------------------------------------------------------------------------------

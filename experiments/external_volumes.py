@@ -59,6 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.volume import HU_STORED_RANGE  # noqa: E402
+
 EVAL_SEEDS = range(2_000_000, 2_001_000)
 DESIGN_SEEDS = range(3_000_000, 3_001_000)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -324,7 +326,7 @@ def _torso(seed: int, shape: Sequence[int], device, template) -> tuple[torch.Ten
     # Texture per intensity range: faint in soft tissue, stronger in lung and bone.
     amplitude = torch.where(hu < -500, 20.0, torch.where(hu > 200, 40.0, 6.0)) * (hu > -990).float()
     hu = hu + amplitude * g.field(4.0)
-    return hu.clamp(-1024.0, 3071.0), _centred_meta(shape, (sxy, sxy, sz))
+    return hu.clamp(*HU_STORED_RANGE), _centred_meta(shape, (sxy, sxy, sz))
 
 
 # ----------------------------------------------------------------------------------------------

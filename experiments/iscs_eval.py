@@ -88,16 +88,18 @@ import algorithms  # noqa: E402
 from experiments import external_volumes  # noqa: E402
 from algorithms.noise import NOISE_KNOBS, NOISE_SOURCES, sources_taking  # noqa: E402
 from datasets import ct_phantom, mri  # noqa: E402
-from models.denoiser import PRECISIONS  # noqa: E402
+from models.checkpoint import atomic_save  # noqa: E402
+from models.precision import PRECISIONS, default_precision  # noqa: E402
 from recon import factory  # noqa: E402
 from recon.cli import to_argv  # noqa: E402
 from recon.factory import Measured  # noqa: E402
-from recon.parser import default_device, non_negative_float, positive_int  # noqa: E402
+from recon.parser import non_negative_float, positive_int  # noqa: E402
 from recon.problems import PROBLEMS as PROBLEM_CLASSES  # noqa: E402
 from recon.problems import PROFILES  # noqa: E402
 from recon.results import environment, volume_name  # noqa: E402
 from recon.specs import MethodSpec, NoiseSpec, OutputSpec, PriorSpec, RunSpec  # noqa: E402
-from utils.io import read_volume, write_volume  # noqa: E402
+from utils.device import default_device, synchronize  # noqa: E402
+from utils.io import read_volume, write_text, write_verified, write_volume  # noqa: E402
 from utils.metrics import volume_metrics  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
@@ -391,11 +393,6 @@ def figure_cases(
 # ---------------------------------------------------------------- running cases
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _volume_file(folder: Path, name: str) -> Path:
     """The volume ``name`` of a results folder (NIfTI, or the tensor file written without SimpleITK)."""
     (path,) = (path for path in folder.iterdir() if volume_name(path) == name)
@@ -463,7 +460,7 @@ class Evaluation:
         "auto" is resolved as the entry scripts resolve it (bf16 on CUDA, fp32 on the CPU)."""
         precision = self.settings["precision"]
         if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
+            precision = default_precision(self.device)
         return PriorSpec(checkpoint=self.checkpoints[name], precision=precision)
 
     def net(self, name: str) -> torch.nn.Module:
@@ -503,10 +500,7 @@ class Evaluation:
         path = self.cache / f"{source}-{seed}_{grid}_{self.device.type}{template}{suffix}"
         if not path.is_file():
             array, meta = SOURCES[source](self, seed)
-            # Written under another name and moved, so that a reader never sees half a file.
-            partial = path.with_name(f"partial-{os.getpid()}-{path.name}")
-            write_volume(partial, array, meta)
-            os.replace(partial, path)
+            write_volume(path, array, meta)
         return path
 
     def spec(self, case: Case, weight: Optional[float] = None) -> RunSpec:
@@ -625,7 +619,7 @@ class Evaluation:
         spec = factory.resolve(self.spec(case, weight), self.net(prior).config)
         measured = self.measured(spec)
         sampling = spec.method.name in factory.PRIOR_METHODS
-        _synchronize(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         recon = factory.reconstruct(
             spec,
@@ -634,7 +628,7 @@ class Evaluation:
             denoiser=self.denoiser(prior) if sampling else None,
             sampler=factory.sampler_config(spec) if sampling else None,
         )
-        _synchronize(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - start
         problem = spec.problem
         metrics = volume_metrics(problem.to_volume(recon), problem.to_volume(measured.gt))
@@ -700,8 +694,7 @@ def _mirror(path: Path) -> None:
     """Copy ``path`` to $OUT (when set), so that a device call hands back what it wrote so far."""
     out = os.environ.get("OUT")
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(out) / path.name)
+        write_verified(Path(out) / path.name, lambda temporary: shutil.copyfile(path, temporary))
 
 
 def read_records(path: Path) -> List[dict]:
@@ -739,9 +732,8 @@ def append_record(path: Path, record: dict) -> None:
 
 def save_volume(folder: Path, name: str, volume: torch.Tensor, key: str) -> Path:
     """Save ``volume`` [D, H, W] as fp16 in ``folder/name.pt`` (``{"volume", "key"}``)."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.pt"
-    torch.save({"volume": volume.detach().to("cpu", torch.float16), "key": key}, path)
+    atomic_save({"volume": volume.detach().to("cpu", torch.float16), "key": key}, path)
     return path
 
 
@@ -1203,8 +1195,7 @@ def _run_tuning(options: Options, env: dict) -> None:
         tuning.update(
             device=env["device_name"], git_commit=env["git_commit"], seconds=time.perf_counter() - start
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(tuning, indent=1) + "\n")
+        write_text(path, json.dumps(tuning, indent=1) + "\n")
         existing = tuning
     print(f"tuned: w_dz {existing['w_dz']}, tv_weight {existing['tv_weight']} ({path})")
     _mirror(path)

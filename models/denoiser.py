@@ -25,6 +25,7 @@ import torch
 
 from models.layers import AttnBlock, ResnetBlockBigGAN, ResnetBlockDDPM
 from models.precision import PRECISIONS, autocast
+from utils.device import synchronize
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile modes the denoiser accepts (as compile=<mode>: the whole network in that mode)."""
@@ -254,7 +255,7 @@ class _FixedShapeCall:
                     self.fn(self.input, self.sigma)
             torch.cuda.current_stream(self.input.device).wait_stream(stream)
             # The warm-up's activations go back to the driver, so the graph's own pool can take them.
-            torch.cuda.synchronize(self.input.device)
+            synchronize(self.input.device)
             torch.cuda.empty_cache()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -395,12 +396,12 @@ class Denoiser:
             raise ValueError(f"Denoiser: memory is measured on CUDA devices only, got a tensor on {x.device}")
         chunk = x[:PROBE_SLICES]
         sigma = torch.ones((), device=x.device)
-        torch.cuda.synchronize(x.device)
+        synchronize(x.device)
         base = torch.cuda.memory_allocated(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
         with torch.no_grad(), autocast(x.device.type, self.precision):
             self._eager_call(chunk, sigma)
-        torch.cuda.synchronize(x.device)
+        synchronize(x.device)
         return (torch.cuda.max_memory_allocated(x.device) - base) / chunk.shape[0]
 
     def _run(self, x, sigma, denoise):

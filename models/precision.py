@@ -6,6 +6,11 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 """Precision name -> compute dtype of the network (fp32 runs as is; the others under autocast)."""
 
 
+def default_precision(device) -> str:
+    """The precision a device runs by default: bf16 on CUDA, fp32 on the CPU, where bf16 is far slower."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 def check_precision(name) -> str:
     """name if it is a key of PRECISIONS, else a one-line ValueError naming the accepted names."""
     if name not in PRECISIONS:

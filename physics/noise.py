@@ -12,9 +12,10 @@ import math
 
 import torch
 
+from utils.volume import HU_WINDOW
+
 MU_WATER_PER_MM = 0.0195
-HU_MIN, HU_MAX = -1000.0, 1600.0
-MU_SCALE = MU_WATER_PER_MM * (HU_MAX - HU_MIN) / (0.0 - HU_MIN)
+MU_SCALE = MU_WATER_PER_MM * (HU_WINDOW[1] - HU_WINDOW[0]) / (0.0 - HU_WINDOW[0])
 
 # Zero photon counts become this before the log, so that the line integral stays finite.
 MIN_COUNT = 0.5

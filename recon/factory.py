@@ -19,6 +19,7 @@ import torch
 
 import algorithms
 from algorithms.noise import noise_source_name, sources_taking
+from models.precision import default_precision
 from recon import distributed
 from recon.parser import knob_option
 from recon.specs import MethodSpec, NoiseSpec, PriorSpec, RunSpec
@@ -102,7 +103,7 @@ def _precision(spec: RunSpec) -> str:
     """The network precision: "auto" is bf16 on CUDA and fp32 on the CPU, where bf16 is far slower."""
     precision = spec.prior.precision
     if precision == "auto":
-        return "bf16" if spec.device == "cuda" else "fp32"
+        return default_precision(spec.device)
     if precision == "bf16" and spec.device == "cpu":
         raise ValueError(
             "--precision bf16 on the CPU runs the network hundreds of times slower than fp32; "

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import torch
-
 from algorithms import NOISE_ALIASES, NOISE_SOURCES, RENOISE
 from algorithms.noise import NOISE_KNOBS
-from models.denoiser import PRECISIONS
+from models.precision import PRECISIONS
 from physics.pinv import PSEUDO_INVERSES
 from recon.specs import MethodSpec, NoiseSpec, OutputSpec, PriorSpec, RunSpec
+from utils.device import default_device
 
 DEVICES = ("cpu", "cuda")
 NOISE_CONTROLS = tuple(str(name) for name in NOISE_ALIASES if isinstance(name, str)) + tuple(NOISE_SOURCES)
@@ -163,11 +162,6 @@ class ScriptProfile:
     def extra_fields(self) -> Tuple[str, ...]:
         """The problem fields that the extra arguments set."""
         return tuple(flag[2:].replace("-", "_") for flag, _ in self.extra)
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from utils.device import device_name
 from utils.io import Meta, write_text, write_volume
 
 MARKER = "INCOMPLETE"
@@ -130,13 +131,6 @@ def _git_commit() -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
-
-
-def device_name(device: torch.device) -> str:
-    """A readable name of the compute device (the GPU model, or the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def environment(device: torch.device, command: Sequence[str]) -> Dict[str, Any]:

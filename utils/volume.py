@@ -25,6 +25,8 @@ ORIENTATION_LETTERS = {
     "I": (2, -1.0),
 }
 HU_WINDOW = (-1000.0, 1600.0)
+HU_STORED_RANGE = (-1024.0, 3071.0)
+"""The HU a CT scanner's 12-bit images can hold: synthetic volumes are clamped to it to look like real ones."""
 
 
 def _direction(meta: Meta) -> np.ndarray:
