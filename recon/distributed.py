@@ -9,7 +9,8 @@ projector inside data consistency, on GPU: :func:`view_parallel` gives each rank
 views, and every adjoint all-reduces the ranks' exact fixed-point sums. Every rank draws its noise
 from its own generator seeded with the same seed, so each slice gets exactly the noise of the
 single-process run, and N processes give bitwise the volume of one where every network call sees
-the same slices (``--slice-batch`` dividing each rank's block). The run routine meets this module
+the same slices (``--slice-batch`` dividing each rank's block) and, on the CPU, each process
+uses the same number of threads (torchrun sets OMP_NUM_THREADS=1). The run routine meets this module
 through :func:`parallel` (the sampler's denoiser and operator), :class:`RankZero` (the one sink of
 its outputs, which writes on rank 0 only), and :func:`session` and :func:`check_peers`, which keep
 the ranks in step.
