@@ -210,17 +210,6 @@ class RunFolder:
         write_text(self.path / MARKER, f"run failed: {message}\nsee {LOG_NAME}\n")
 
 
-class _Below(logging.Filter):
-    """Passes records below a level."""
-
-    def __init__(self, level: int):
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < self.level
-
-
 @contextlib.contextmanager
 def console_logging() -> Iterator[logging.Logger]:
     """Print the project's INFO records to stdout, its warnings and Python warnings to stderr.
@@ -231,10 +220,10 @@ def console_logging() -> Iterator[logging.Logger]:
     logger.setLevel(logging.DEBUG)
     info = logging.StreamHandler(sys.stdout)
     info.setLevel(logging.INFO)
-    info.addFilter(_Below(logging.WARNING))
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
     warning = logging.StreamHandler(sys.stderr)
     warning.setLevel(logging.WARNING)
-    warning.addFilter(_Below(logging.ERROR))
+    warning.addFilter(lambda record: record.levelno < logging.ERROR)
     handlers = (info, warning)
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(message)s"))
