@@ -143,11 +143,13 @@ def fresh_environment(root: Path) -> Dict[str, str]:
 
 
 def read_log(folder: Optional[Path]) -> dict:
-    """Stage times and the peak-memory line of a run's ``run.log``."""
-    result: dict = {"stages": {}, "peak_gib_logged": None}
+    """Stage times, the peak-memory line and the lines of a run's ``run.log`` (the gaps between
+    stages are the writes)."""
+    result: dict = {"stages": {}, "peak_gib_logged": None, "log": []}
     if folder is None or not (folder / "run.log").is_file():
         return result
-    for line in (folder / "run.log").read_text(errors="replace").splitlines():
+    result["log"] = (folder / "run.log").read_text(errors="replace").splitlines()
+    for line in result["log"]:
         stage = STAGE_LINE.search(line)
         if stage:
             result["stages"][stage["stage"]] = float(stage["seconds"])

@@ -3,7 +3,8 @@ cost of regional vs full compilation (empty and warm caches), and the constants 
 
 Measured, in this order, until the time budget (--budget-s) is spent; each line of work runs in its
 own process, so every "cold" compile starts from an empty cache folder and a fresh process:
-  1. eager bf16 (contiguous, as the entry scripts run it; channels_last; channels_last + CUDA graph), per chunk size: s/slice, peak memory,
+  1. eager bf16 (contiguous; channels_last; channels_last + CUDA graph, as the entry scripts run it
+     on CUDA with Triton), per chunk size: s/slice, peak memory,
      and the memory probe's estimate (models.denoiser: per-slice bytes x chunk x PROBE_MARGIN);
   2. compiled + CUDA graph at the default knee chunk (what models.Denoiser runs), regional and full:
      first call (compile + capture) with an EMPTY cache folder, then again in a second process on
@@ -291,7 +292,9 @@ def report(args, rows, config):
         print(f'DEFAULT_COMPILE_SCOPE = "{scope}"  # full compilation not measured within the budget')
     else:
         scope = denoiser_module.DEFAULT_COMPILE_SCOPE
-    eager_at_knee = next((r for r in of("eager") if r["chunk"] == (knee_chunk or default)), None)
+    # The entry scripts' eager path on CUDA: channels_last in a CUDA graph (Triton kernels inside).
+    eager_rows = of("eager channels_last+graph") or of("eager")
+    eager_at_knee = next((r for r in eager_rows if r["chunk"] == (knee_chunk or default)), None)
     if eager_at_knee and cold.get(scope):
         scale = 256**2 / size**2
         print(f"EAGER_S_PER_SLICE_256 = {eager_at_knee['s_per_slice'] * scale:.3e}")

@@ -158,7 +158,8 @@ def network_config(args):
 
 def reference_like(net, args):
     """(denoiser, noise source, cuDNN autotuning) of the reference-like configuration."""
-    return Denoiser(net, slice_batch=REFERENCE_BATCH, precision="fp32"), MaterialisedIscsNoise(), False
+    denoiser = Denoiser(net, slice_batch=REFERENCE_BATCH, precision="fp32", channels_last=False)
+    return denoiser, MaterialisedIscsNoise(), False
 
 
 def ours(net, args):

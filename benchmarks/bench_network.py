@@ -8,7 +8,11 @@ variant's (fp32, cuDNN TF32 defaults, batch 15) on the first 15 slices.
 Variants (--variants, comma separated):
   ref                 fp32, NCHW, eager, batch 15 (how the published code runs)
   bf16                bf16 autocast, NCHW, eager (the issue's "plain bf16 autocast")
-  bf16-cl             bf16 autocast, channels_last, eager, CUDA ops
+  bf16-bench          as bf16 with cudnn.benchmark (cuDNN times its algorithms)
+  bf16-torchops       as bf16 with ISCS_OPS_FORCE_TORCH=1 (depthwise-conv FIR)
+  fp32-cl             fp32, channels_last, eager (fused GroupNorm + SiLU: the fp32 twin of bf16-cl)
+  bf16-cl             bf16 autocast, channels_last, eager: the entry scripts' eager path on CUDA
+                      (GroupNorm fused with the embedding bias and SiLU, op.group_norm)
   bf16-cl-torchops    as bf16-cl with ISCS_OPS_FORCE_TORCH=1 (depthwise-conv FIR)
   bf16w-cl            bf16 weights (Fourier embedding kept fp32) under autocast, channels_last, eager
   bf16w-cl-graph      bf16w-cl replayed as one CUDA graph
@@ -24,7 +28,7 @@ cuDNN time its algorithms (cudnn.benchmark).
 
 Usage (H100): python benchmarks/bench_network.py --variants ref,bf16,bf16-cl,bf16w-cl-compile --batch 32
 CPU smoke run: python benchmarks/bench_network.py --device cpu --image-size 32 --nf 32 --batch 4 --repeats 2
---profile NAME prints the top CUDA kernels of one variant and their device time by category
+--profile NAMES (comma list) prints the top CUDA kernels of those variants and their device time by category
 (convolution, GEMM, attention, FIR, GroupNorm, fused Triton, layout copies, other elementwise).
 Full results: $OUT/bench_network.json.
 """
@@ -71,6 +75,9 @@ class Variant(NamedTuple):
 VARIANTS = {
     "ref": Variant("fp32", False, cudnn_benchmark=False),
     "bf16": Variant("autocast", False, cudnn_benchmark=False),
+    "bf16-bench": Variant("autocast", False),
+    "bf16-torchops": Variant("autocast", False, torch_ops=True, cudnn_benchmark=False),
+    "fp32-cl": Variant("fp32", True, cudnn_benchmark=False),
     "bf16-cl": Variant("autocast", True),
     "bf16-cl-torchops": Variant("autocast", True, torch_ops=True),
     "bf16w-cl": Variant("bf16-weights", True),
@@ -102,7 +109,9 @@ def parse_args():
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--image-size", type=int, default=None, help="override data.image_size (CPU runs)")
     parser.add_argument("--nf", type=int, default=None, help="override model.nf (CPU runs)")
-    parser.add_argument("--profile", default=None, help="profile this variant and print its top kernels")
+    parser.add_argument(
+        "--profile", default="", help="profile these variants (comma list) and print their top kernels"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--freezing",
@@ -225,7 +234,7 @@ def run_variant(name, spec, base, inputs, sigmas, batch, args, device):
                     out = fn()
                     times.append((time.perf_counter() - begin) * 1e3)
             outputs = out[:REFERENCE_BATCH].float().clone()
-            profiled = profile(fn, device) if args.profile == name else None
+            profiled = profile(fn, device) if name in args.profile.split(",") else None
     finally:
         if previous_env is None:
             os.environ.pop(FORCE_TORCH_ENV, None)

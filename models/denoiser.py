@@ -25,6 +25,7 @@ import torch
 
 from models.layers import AttnBlock, ResnetBlockBigGAN, ResnetBlockDDPM
 from models.precision import PRECISIONS, autocast
+from op._extension import triton_supported
 from utils.device import synchronize
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -68,9 +69,15 @@ RESERVE_FIXED_BYTES = 2 * 2**30
 """... plus this much for the operator's and libraries' workspaces."""
 
 # should_compile's model of the 256 x 256 NCSN++ in bf16 on one GPU (NVIDIA H200); times scale with
-# the pixels of a plane. benchmarks/bench_denoiser.py prints all three; BENCHMARKS.md has the runs.
-EAGER_S_PER_SLICE_256 = 11.5e-3
-"""Seconds per slice of the eager bf16 network at the knee chunk (measured 11.50 ms on an H200)."""
+# the pixels of a plane. benchmarks/bench_network.py measures them; BENCHMARKS.md has the runs.
+EAGER_S_PER_SLICE_256 = 4.0e-3
+"""Seconds per slice of the eager bf16 network as the entry scripts run it on CUDA with Triton:
+channels_last, op's Triton kernels, replayed in a CUDA graph, 16 slices per call (bench_network
+variant bf16w-cl-graph: 4.00 ms on an H200)."""
+
+EAGER_NCHW_S_PER_SLICE_256 = 8.0e-3
+"""... and without Triton, where the eager network runs NCHW with the library kernels (bench_network
+variant bf16: 8.05 ms at 16 slices on an H200)."""
 
 COMPILED_S_PER_SLICE_256 = 3.9e-3
 """Seconds per slice of the compiled (DEFAULT_COMPILE_SCOPE) network replayed in a CUDA graph
@@ -127,9 +134,11 @@ def balanced_chunk(num_slices: int, limit: int) -> int:
 def should_compile(num_slices: int, nfe: int, plane_size, device) -> bool:
     """Whether compiling the network pays back within one reconstruction.
 
-    True when the predicted saving, (EAGER_S_PER_SLICE_256 - COMPILED_S_PER_SLICE_256) scaled to
-    the plane's pixels x num_slices x nfe, exceeds COMPILE_SECONDS; never off CUDA (the compiled
-    path replays CUDA graphs).
+    True when the predicted saving, (EAGER_S_PER_SLICE_256, or EAGER_NCHW_S_PER_SLICE_256 where
+    Triton cannot run, - COMPILED_S_PER_SLICE_256) scaled to the plane's pixels x num_slices x nfe,
+    exceeds COMPILE_SECONDS; never off CUDA (the compiled path replays CUDA graphs). With Triton
+    the eager network is within 3 % of the compiled one, so compiling pays back only past about a
+    million slice evaluations.
 
     Args:
         num_slices: slices of the volume the network sees at each step.
@@ -140,7 +149,8 @@ def should_compile(num_slices: int, nfe: int, plane_size, device) -> bool:
     if torch.device(device).type != "cuda":
         return False
     height, width = (plane_size, plane_size) if isinstance(plane_size, int) else plane_size
-    saving_per_slice = (EAGER_S_PER_SLICE_256 - COMPILED_S_PER_SLICE_256) * height * width / 256**2
+    eager = EAGER_S_PER_SLICE_256 if triton_supported(device) else EAGER_NCHW_S_PER_SLICE_256
+    saving_per_slice = (eager - COMPILED_S_PER_SLICE_256) * height * width / 256**2
     return saving_per_slice * num_slices * nfe > COMPILE_SECONDS
 
 
@@ -283,8 +293,10 @@ class Denoiser:
             from a measured probe, the free memory less reserve_bytes, and the knee).
         precision: a name of models.PRECISIONS ("fp32", or "bf16" for bf16 autocast); the result
             is fp32 either way.
-        channels_last: run the network in channels_last memory layout (faster convolutions on
-            CUDA; converts the network's weights in place).
+        channels_last: run the network in channels_last memory layout (converts the network's
+            weights in place). None (default): channels_last where op's Triton kernels for
+            it run (CUDA with Triton: fused GroupNorm, FIR resampling and residual sums), which
+            makes it the fast eager layout there; NCHW elsewhere.
         compile: run the network through torch.compile: True (DEFAULT_COMPILE_SCOPE), "full" or
             "regional" (COMPILE_SCOPES, in torch.compile's default mode), or a name of
             COMPILE_MODES (the whole network in that mode). The network is compiled once per
@@ -303,7 +315,7 @@ class Denoiser:
         net,
         slice_batch=None,
         precision="fp32",
-        channels_last=False,
+        channels_last=None,
         compile=False,
         cuda_graph=False,
         reserve_bytes=None,
@@ -331,9 +343,9 @@ class Denoiser:
         self.net = net
         self.slice_batch = slice_batch
         self.precision = precision
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            net.to(memory_format=torch.channels_last)
+        self.memory_format = None
+        if channels_last is not None:
+            self._set_layout(channels_last)
         compile = DEFAULT_COMPILE_SCOPE if compile is True else compile
         self.compile_scope = "regional" if compile == "regional" else ("full" if compile else None)
         self.compile_mode = None if not compile else ("default" if compile in COMPILE_SCOPES else compile)
@@ -345,6 +357,16 @@ class Denoiser:
         self._per_slice = {}
         self._halved = False
         self._graph_warned = False
+
+    def _set_layout(self, channels_last: bool) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def _resolve_layout(self, device) -> None:
+        """Choose the automatic layout (channels_last=None) for the device of the first call."""
+        if self.memory_format is None:
+            self._set_layout(triton_supported(device))
 
     @property
     def fixed_shape(self) -> bool:
@@ -394,6 +416,7 @@ class Denoiser:
         and layout, measured on PROBE_SLICES slices (resets the device's peak-memory statistics)."""
         if x.device.type != "cuda":
             raise ValueError(f"Denoiser: memory is measured on CUDA devices only, got a tensor on {x.device}")
+        self._resolve_layout(x.device)
         chunk = x[:PROBE_SLICES]
         sigma = torch.ones((), device=x.device)
         synchronize(x.device)
@@ -416,6 +439,7 @@ class Denoiser:
             raise ValueError(
                 f"Denoiser: sigma must be a python float or a 0-d tensor, got shape {tuple(sigma.shape)}"
             )
+        self._resolve_layout(x.device)
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         # A graph must not replay casts that the autocast cache frees when the region ends.
         with torch.no_grad(), autocast(x.device.type, self.precision, cache_enabled=not self.cuda_graph):

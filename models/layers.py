@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from op import no_autocast, upfirdn2d
-from op._extension import is_compiling
+from op._extension import is_compiling, triton_kernels, use_inference_kernels
+from op.group_norm import group_norm_act, group_norm_channelwise
 
 SKIP_RESCALE = math.sqrt(2.0)
 """Residual sums are divided by this when skip_rescale is on."""
@@ -55,28 +56,6 @@ def linear(in_features, out_features, generator=None):
     return layer
 
 
-def group_norm_channelwise(x, groups, weight, bias, eps):
-    """F.group_norm (population variance) from per-channel statistics, in fp32 (fp64 for fp64 x),
-    returned in x's dtype.
-
-    Each channel's mean and variance are reduced over its pixels, and a group's are combined
-    exactly (mean of means; mean of variances plus the variance of the means). Reducing over the
-    pixels of one channel reads channels_last memory with the channels side by side, where the
-    reduction over a whole group would read it with a stride of C; the normalisation is then one
-    per-channel scale and shift, which a compiler fuses with what follows (activation, casts).
-    """
-    n, c = x.shape[:2]
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    var, mean = torch.var_mean(x.to(compute), dim=tuple(range(2, x.dim())), correction=0)
-    mean, var = mean.view(n, groups, -1), var.view(n, groups, -1)
-    group_mean = mean.mean(dim=2, keepdim=True)
-    group_var = var.mean(dim=2, keepdim=True) + (mean - group_mean).square().mean(dim=2, keepdim=True)
-    scale = torch.rsqrt(group_var + eps) * weight.to(compute).view(1, groups, -1)
-    shift = bias.to(compute).view(1, groups, -1) - group_mean * scale
-    shape = (n, c) + (1,) * (x.dim() - 2)
-    return (x.to(compute) * scale.view(shape) + shift.view(shape)).to(x.dtype)
-
-
 def _group_norm_library(x, groups, weight, bias, eps):
     return F.group_norm(x, groups, weight.to(x.dtype), bias.to(x.dtype), eps)
 
@@ -90,7 +69,8 @@ class GroupNorm(nn.GroupNorm):
 
     Statistics are accumulated in fp32 either way; keeping bf16 activations in bf16 avoids fp32
     copies of every feature map (identical results in fp32). Eager runs use the library kernel;
-    under torch.compile the statistics come per channel (group_norm_channelwise).
+    under torch.compile the statistics come per channel (group_norm_channelwise). normalize_act
+    adds the bias, normalises and activates in one fused op on channels_last CUDA tensors.
     """
 
     def __init__(self, channels):
@@ -106,6 +86,23 @@ class GroupNorm(nn.GroupNorm):
         with no_autocast(x):
             path = "traced" if is_compiling() else "eager"
             return _GROUP_NORM[path](x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def normalize_act(self, x, act=None, pre_bias=None):
+        """act(self(x + pre_bias[:, :, None, None])); pre_bias [N, C] or None, act a module or None.
+
+        With SiLU or no activation on a tensor that op.group_norm fuses (channels_last, CUDA, no
+        gradients), one fused op that never materialises x + pre_bias; otherwise the separate
+        steps, as they were.
+        """
+        if (act is None or isinstance(act, nn.SiLU)) and use_inference_kernels(x):
+            with no_autocast(x):
+                return group_norm_act(
+                    x, self.num_groups, self.weight, self.bias, self.eps, act is not None, pre_bias
+                )
+        if pre_bias is not None:
+            x = x + pre_bias[:, :, None, None]
+        h = self(x)
+        return h if act is None else act(h)
 
 
 class NIN(nn.Module):
@@ -229,16 +226,33 @@ class AttnBlock(nn.Module):
 
     def forward(self, x):
         b, c, height, width = x.shape
-        tokens = self.GroupNorm_0(x).permute(0, 2, 3, 1).reshape(b, 1, height * width, c)
+        tokens = self.GroupNorm_0.normalize_act(x).permute(0, 2, 3, 1).reshape(b, 1, height * width, c)
         q, k, v = self.NIN_0(tokens), self.NIN_1(tokens), self.NIN_2(tokens)
         attended = F.scaled_dot_product_attention(q, k, v, scale=c**-0.5)
         h = self.NIN_3(attended).reshape(b, height, width, c).permute(0, 3, 1, 2)
         return residual_sum(x, h, self.skip_rescale)
 
 
-def residual_sum(x, h, skip_rescale):
-    """x + h, divided by sqrt(2) when skip_rescale keeps the variance of the sum."""
+def residual_sum(x, h, skip_rescale, bias=None):
+    """x + h (+ bias [C] per channel), divided by sqrt(2) when skip_rescale keeps the variance of
+    the sum; one fused pass on channels_last CUDA tensors of one shape and dtype (no gradients)."""
+    if (
+        bias is not None
+        and x.shape == h.shape
+        and x.dtype == h.dtype
+        and use_inference_kernels(x)
+        and use_inference_kernels(h)
+    ):
+        scale = 1 / SKIP_RESCALE if skip_rescale else 1.0
+        return triton_kernels("channels_last_triton").residual_sum(x, h, bias, scale)
+    if bias is not None:
+        h = h + bias.reshape(1, -1, 1, 1)
     return (x + h) / SKIP_RESCALE if skip_rescale else x + h
+
+
+def conv_without_bias(conv, x):
+    """conv(x) (an nn.Conv2d) without its bias, which a fused op that follows adds."""
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class _Resample(nn.Module):
@@ -320,12 +334,21 @@ class _ResnetBlock(nn.Module):
         self.act = act
         self.skip_rescale = skip_rescale
 
-    def _branch(self, h, temb):
-        """Conv_0 to Conv_1 on the normalised, activated (and resampled) input h."""
-        h = self.Conv_0(h)
-        if temb is not None:
-            h += self.Dense_0(temb)[:, :, None, None]
-        return self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+    def _branch(self, h, temb, fold):
+        """Conv_0 to Conv_1 on the normalised, activated (and resampled) input h -> (h, bias).
+
+        With fold (the fused channels_last path) the convolutions leave their biases out: Conv_0's
+        joins the noise embedding as GroupNorm_1's pre-bias, and Conv_1's is returned for the
+        residual sum to add; otherwise the bias is None. Either way the block computes the same sums.
+        """
+        embedding = None if temb is None else self.Dense_0(temb)
+        if not fold:
+            h = self.GroupNorm_1.normalize_act(self.Conv_0(h), self.act, embedding)
+            return self.Conv_1(self.Dropout_0(h)), None
+        bias = self.Conv_0.bias
+        pre_bias = bias.expand(h.shape[0], -1) if embedding is None else embedding + bias
+        h = self.GroupNorm_1.normalize_act(conv_without_bias(self.Conv_0, h), self.act, pre_bias)
+        return conv_without_bias(self.Conv_1, self.Dropout_0(h)), self.Conv_1.bias
 
 
 class ResnetBlockDDPM(_ResnetBlock):
@@ -343,10 +366,11 @@ class ResnetBlockDDPM(_ResnetBlock):
 
     def forward(self, x, temb=None):
         """x: [B, in_ch, H, W]; temb: the activated noise embedding [B, temb_dim] or None."""
-        h = self._branch(self.act(self.GroupNorm_0(x)), temb)
+        fold = use_inference_kernels(x)
+        h, bias = self._branch(self.GroupNorm_0.normalize_act(x, self.act), temb, fold)
         if self.project_skip:
             x = self.NIN_0(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return residual_sum(x, h, self.skip_rescale)
+        return residual_sum(x, h, self.skip_rescale, bias)
 
 
 class ResnetBlockBigGAN(_ResnetBlock):
@@ -374,11 +398,14 @@ class ResnetBlockBigGAN(_ResnetBlock):
 
     def forward(self, x, temb=None):
         """x: [B, in_ch, H, W]; temb: the activated noise embedding [B, temb_dim] or None."""
-        h, x = _RESAMPLE[self.resample](self, self.act(self.GroupNorm_0(x)), x)
-        h = self._branch(h, temb)
-        if self.project_skip:
+        fold = use_inference_kernels(x)
+        h, x = _RESAMPLE[self.resample](self, self.GroupNorm_0.normalize_act(x, self.act), x)
+        h, bias = self._branch(h, temb, fold)
+        if self.project_skip and fold:
+            x, bias = conv_without_bias(self.Conv_2, x), bias + self.Conv_2.bias
+        elif self.project_skip:
             x = self.Conv_2(x)
-        return residual_sum(x, h, self.skip_rescale)
+        return residual_sum(x, h, self.skip_rescale, bias)
 
 
 _RESAMPLE = {

@@ -220,7 +220,7 @@ class NCSNpp(nn.Module):
         if self.out is None:
             h = pyramid
         else:
-            h = mods[self.out[1]](self.act(mods[self.out[0]](h)))
+            h = mods[self.out[1]](mods[self.out[0]].normalize_act(h, self.act))
         if self.scale_by_sigma:
             h = h / used_sigmas.reshape(-1, *([1] * (h.dim() - 1)))
         return h
@@ -268,7 +268,7 @@ def _output_none(net, level, h, pyramid):
 
 def _output_skip(net, level, h, pyramid):
     mods = net.all_modules
-    image = mods[level.pyramid_conv](net.act(mods[level.pyramid_norm](h)))
+    image = mods[level.pyramid_conv](mods[level.pyramid_norm].normalize_act(h, net.act))
     if level.pyramid_up is None:
         return h, image
     return h, mods[level.pyramid_up](pyramid) + image
@@ -277,7 +277,7 @@ def _output_skip(net, level, h, pyramid):
 def _output_residual(net, level, h, pyramid):
     mods = net.all_modules
     if level.pyramid_up is None:
-        return h, mods[level.pyramid_conv](net.act(mods[level.pyramid_norm](h)))
+        return h, mods[level.pyramid_conv](mods[level.pyramid_norm].normalize_act(h, net.act))
     pyramid = residual_sum(mods[level.pyramid_up](pyramid), h, net.skip_rescale)
     return pyramid, pyramid
 

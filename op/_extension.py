@@ -1,5 +1,8 @@
-"""Lazy build of the fused CUDA kernels, with one warning and the torch path when the build fails."""
+"""Lazy build of the fused CUDA kernels, with one warning and the torch path when the build fails;
+and when the Triton kernels for channels_last tensors run (imported on first use, never required)."""
 
+import functools
+import importlib
 import os
 import threading
 import warnings
@@ -80,3 +83,45 @@ def use_cuda_kernels(x: torch.Tensor) -> bool:
 def no_autocast(x: torch.Tensor):
     """A context in which ops on x run in x's own dtype, whatever autocast region surrounds it."""
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""Dtypes of the Triton kernels for channels_last tensors."""
+
+
+@functools.lru_cache(maxsize=None)
+def triton_kernels(name: str):
+    """The module op.<name> of Triton kernels, or None where Triton cannot be imported."""
+    try:
+        return importlib.import_module(f"op.{name}")
+    except ImportError:
+        return None
+
+
+def triton_supported(device) -> bool:
+    """Whether the Triton kernels for channels_last tensors run on the device: CUDA, Triton
+    importable, ISCS_OPS_FORCE_TORCH not set."""
+    return (
+        torch.device(device).type == "cuda"
+        and not torch_path_forced()
+        and triton_kernels("channels_last_triton") is not None
+    )
+
+
+def use_channels_last_kernels(x: torch.Tensor) -> bool:
+    """True when an op on x runs its Triton kernel: a 4-D channels_last tensor of TRITON_DTYPES
+    on a device of triton_supported, not while torch.compile traces."""
+    return (
+        x.is_cuda
+        and x.dim() == 4
+        and x.dtype in TRITON_DTYPES
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not is_compiling()
+        and triton_supported(x.device)
+    )
+
+
+def use_inference_kernels(x: torch.Tensor) -> bool:
+    """use_channels_last_kernels(x) where autograd records nothing: the Triton GroupNorm and
+    residual-sum kernels have no backward."""
+    return not torch.is_grad_enabled() and use_channels_last_kernels(x)

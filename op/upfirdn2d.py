@@ -1,10 +1,12 @@
 """upfirdn2d: upsample by zero insertion, pad, filter with a 2-D FIR kernel, downsample.
 
-Three paths compute the same function (``PATHS``):
+Four paths compute the same function (``PATHS``):
 
-- ``cuda``: the CUDA kernel (fp32, fp16, bf16, fp64), for CUDA tensors in eager mode;
-- ``torch``: depthwise (transposed) convolutions, on CPU, when the kernel cannot be built, and
-  when ISCS_OPS_FORCE_TORCH=1;
+- ``cuda``: the CUDA kernel (fp32, fp16, bf16, fp64), for NCHW CUDA tensors in eager mode;
+- ``triton``: a Triton kernel (fp32, fp16, bf16) for channels_last CUDA tensors in eager mode
+  (op.channels_last_triton), where cuDNN's depthwise convolutions are slow;
+- ``torch``: depthwise (transposed) convolutions, on CPU, when no kernel can run, and when
+  ISCS_OPS_FORCE_TORCH=1;
 - ``taps``: a sum of shifted, strided slices of the input (one per kernel tap, polyphase for
   upsampling), chosen while torch.compile traces: it is pure pointwise work, which the compiler
   fuses with its neighbours into one memory-bound kernel, where a depthwise convolution would be
@@ -16,7 +18,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from op._extension import is_compiling, load_extension, no_autocast, use_cuda_kernels
+from op._extension import (
+    is_compiling,
+    load_extension,
+    no_autocast,
+    triton_kernels,
+    use_channels_last_kernels,
+    use_cuda_kernels,
+)
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad=(0, 0)) -> torch.Tensor:
@@ -42,14 +51,27 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
 
 
 def choose_path(x: torch.Tensor) -> str:
-    """The key of ``PATHS`` that upfirdn2d takes for x: taps while tracing, else cuda or torch."""
+    """The key of ``PATHS`` that upfirdn2d takes for x: taps while tracing; for channels_last CUDA
+    tensors (the fast eager network's layout) the Triton kernel, else torch (never the CUDA
+    kernel, which is slow on that layout and needs a build); else cuda or torch."""
     if is_compiling():
         return "taps"
+    if x.is_cuda and x.is_contiguous(memory_format=torch.channels_last):
+        return "triton" if use_channels_last_kernels(x) else "torch"
     return "cuda" if use_cuda_kernels(x) else "torch"
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """x is channels_last and not also contiguous (as tensors with one channel or pixel are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def upfirdn2d_torch(x: torch.Tensor, kernel: torch.Tensor, up: int, down: int, pads) -> torch.Tensor:
     """The pure-torch upfirdn2d on checked arguments; pads is (x0, x1, y0, y1). Runs in x's dtype."""
+    if x.is_cuda and _is_channels_last(x):
+        # cuDNN's grouped convolution is several times slower on channels_last than on NCHW input.
+        out = upfirdn2d_torch(x.contiguous(), kernel, up, down, pads)
+        return out.contiguous(memory_format=torch.channels_last)
     px0, px1, py0, py1 = pads
     channels = x.shape[1]
     weight = kernel.to(device=x.device, dtype=x.dtype)
@@ -160,7 +182,14 @@ def _cuda_forward(x, kernel, up, down, pads):
     return load_extension().upfirdn2d(x, kernel, up, up, down, down, px0, px1, py0, py1)
 
 
-_FORWARD = {"cuda": _cuda_forward, "torch": upfirdn2d_torch}
+def _triton_forward(x, kernel, up, down, pads):
+    # Gradients reach here in any layout; the kernel reads channels_last only.
+    if use_channels_last_kernels(x):
+        return triton_kernels("channels_last_triton").upfirdn2d(x, kernel, up, down, pads)
+    return upfirdn2d_torch(x, kernel, up, down, pads)
+
+
+_FORWARD = {"cuda": _cuda_forward, "torch": upfirdn2d_torch, "triton": _triton_forward}
 
 
 class _UpFirDn2d(torch.autograd.Function):
@@ -191,6 +220,7 @@ class _UpFirDn2d(torch.autograd.Function):
 
 PATHS = {
     "cuda": lambda x, kernel, up, down, pads: _UpFirDn2d.apply(x, kernel, up, down, pads, "cuda"),
+    "triton": lambda x, kernel, up, down, pads: _UpFirDn2d.apply(x, kernel, up, down, pads, "triton"),
     "torch": upfirdn2d_torch,
     "taps": upfirdn2d_taps,
 }

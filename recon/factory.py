@@ -52,7 +52,11 @@ def make_denoiser(prior: PriorSpec, net: torch.nn.Module):
     channels_last, torch.compile and a CUDA graph."""
     from models import Denoiser
 
-    fast = {"channels_last": True, "compile": True, "cuda_graph": True} if prior.compile else {}
+    if prior.compile:
+        fast = {"channels_last": True, "compile": True, "cuda_graph": True}
+    else:
+        # Eager: the layout follows the device (channels_last with Triton); a graph wherever CUDA runs it.
+        fast = {"cuda_graph": next(net.parameters()).device.type == "cuda"}
     return Denoiser(net, slice_batch=prior.slice_batch, precision=prior.precision, **fast)
 
 

@@ -20,6 +20,8 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
@@ -149,8 +151,16 @@ def environment(device: torch.device, command: Sequence[str]) -> Dict[str, Any]:
     }
 
 
+PENDING_VOLUMES = 4
+"""Volumes queued for a run folder's writer thread at most; one more waits for the oldest."""
+
+
 class RunFolder:
     """One run's results folder: writes volumes, YAML/JSON/text files, and the run log.
+
+    Volumes are written by one worker thread, so that compressing them (seconds each for a 256^3
+    NIfTI) overlaps with the computation that follows; :meth:`flush` waits for them and
+    :meth:`complete` flushes first, so a folder never looks complete with a volume missing.
 
     Args:
         path: an existing folder made by :func:`create_run_dir`.
@@ -161,11 +171,32 @@ class RunFolder:
         self.path = Path(path)
         self.meta = meta
         self._handler: Optional[logging.Handler] = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-writer")
+        self._pending: deque = deque()
 
-    def volume(self, name: str, array, meta: Optional[Meta] = None, **display) -> Path:
-        """Write ``<name>.nii.gz`` (``name`` may contain a sub-folder) with the run's geometry;
-        ``display`` holds ``utils.io.write_volume``'s ``descrip``, ``cal_range`` and ``intent``."""
-        return write_volume(self.path / f"{name}.nii.gz", array, self.meta if meta is None else meta, **display)
+    def volume(self, name: str, array, meta: Optional[Meta] = None, **display) -> Future:
+        """Queue ``<name>.nii.gz`` (``name`` may contain a sub-folder) with the run's geometry for
+        the writer thread; ``display`` holds ``utils.io.write_volume``'s ``descrip``, ``cal_range``
+        and ``intent``. The array is copied to host memory first, so the caller may change it.
+        Returns the write's future (its result: the path written, ``.pt`` without SimpleITK)."""
+        if isinstance(array, torch.Tensor):
+            array = array.detach().to("cpu", copy=True)
+        else:
+            array = np.array(array, copy=True)
+        while len(self._pending) >= PENDING_VOLUMES:
+            self._pending.popleft().result()
+        path, meta = self.path / f"{name}.nii.gz", self.meta if meta is None else meta
+        future = self._writer.submit(write_volume, path, array, meta, **display)
+        self._pending.append(future)
+        return future
+
+    def flush(self) -> None:
+        """Wait for every queued volume; raise the first write's error, after all have ended."""
+        pending, self._pending = list(self._pending), deque()
+        errors = [future.exception() for future in pending]
+        first = next((error for error in errors if error is not None), None)
+        if first is not None:
+            raise first
 
     def yaml(self, name: str, content: Mapping[str, Any]) -> Path:
         """Write ``content`` as YAML (paths as strings, keys in the given order)."""
@@ -202,11 +233,14 @@ class RunFolder:
             self._handler = None
 
     def complete(self) -> None:
-        """Mark the run finished (removes the ``INCOMPLETE`` marker)."""
+        """Mark the run finished (removes the ``INCOMPLETE`` marker) once every queued volume is written."""
+        self.flush()
+        self._writer.shutdown()
         (self.path / MARKER).unlink()
 
     def fail(self, message: str) -> None:
         """Keep the folder marked incomplete, with the reason (the marker is replaced atomically)."""
+        self._writer.shutdown()
         write_text(self.path / MARKER, f"run failed: {message}\nsee {LOG_NAME}\n")
 
 

@@ -326,6 +326,7 @@ def _execute(run: Run) -> None:
     _write_figures(run, gt, volumes, baselines.main, report)
 
     # recon.nii.gz is written last, so a run that fails earlier leaves none.
+    folder.flush()
     _write(run, "recon", volumes["recon"], f"recon {method_label(spec)}")
 
 
@@ -405,7 +406,10 @@ def _run(
         reason = _describe_failure(err)
         log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)
         log.debug("traceback", exc_info=True)
-        # A folder whose reason cannot be written (a full disk) keeps its first INCOMPLETE marker.
+        # The queued volumes end first; a folder whose reason cannot be written (a full disk) keeps
+        # its first INCOMPLETE marker.
+        with contextlib.suppress(Exception):
+            folder.flush()
         with contextlib.suppress(OSError):
             folder.fail(reason)
         raise

@@ -171,6 +171,7 @@ def _rank_zero_sink(rank):
         sink = distributed.RankZero(make_writer)
         sink.json("metrics.json", {"rank": rank})
         sink.volume("GT", torch.zeros(2, 3, 4))
+        sink.flush()
         files = sorted(p.name for p in Path(folder).iterdir())
     return dict(made=made, path_is_none=sink.path is None, files=files)
 

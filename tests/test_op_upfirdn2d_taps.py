@@ -51,4 +51,4 @@ def test_tracing_takes_the_taps_path(gen):
     torch.testing.assert_close(traced(x, kernel), upfirdn2d_torch(x, kernel, 2, 1, (2, 1, 2, 1)))
     assert seen == ["taps"]
     assert choose_path(x) == "torch"
-    assert set(PATHS) == {"cuda", "torch", "taps"}
+    assert set(PATHS) == {"cuda", "triton", "torch", "taps"}

@@ -5,6 +5,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -12,12 +13,14 @@ from recon.results import (
     LOG_NAME,
     LOGGER_NAME,
     MARKER,
+    PENDING_VOLUMES,
     RunFolder,
     create_run_dir,
     problem_name,
     run_parent,
     volume_name,
 )
+from utils.io import read_volume
 
 NOW = dt.datetime(2026, 1, 31, 14, 5, 9)
 
@@ -36,6 +39,21 @@ def test_a_clash_gets_a_suffix_and_nothing_is_reused(tmp_path):
     assert all((p / MARKER).is_file() for p in made)
 
 
+def test_folder_writes_volumes_behind_and_never_completes_with_a_failed_one(tmp_path, gen):
+    folder = RunFolder(create_run_dir(tmp_path, NOW), None)
+    volume = torch.rand(2, 3, 4, generator=gen)
+    expected = volume.clone()
+    # More volumes than the queue holds, so that volume() also waits for the oldest.
+    queued = [folder.volume(f"v{i}", volume) for i in range(PENDING_VOLUMES + 2)]
+    volume.zero_()  # the folder writes its own copy
+    folder.volume("flat", torch.zeros(3, 4))  # not 3-D: write_volume refuses it in the writer thread
+    with pytest.raises(ValueError, match="3D"):
+        folder.complete()
+    assert (folder.path / MARKER).is_file()
+    for future in queued:
+        np.testing.assert_array_equal(read_volume(future.result())[0], expected.numpy())
+
+
 def test_folder_writes_and_marks(tmp_path, gen):
     meta = {"spacing": (0.5, 0.5, 2.0), "origin": (1.0, 2.0, 3.0), "direction": tuple(np.eye(3).ravel())}
     folder = RunFolder(create_run_dir(tmp_path, NOW), meta)
@@ -44,7 +62,7 @@ def test_folder_writes_and_marks(tmp_path, gen):
     folder.stop_log()
     folder.yaml("args.yaml", {"options": {"data": tmp_path / "x.nii.gz", "sigma": float("inf")}})
     folder.json("metrics.json", {"psnr": float("nan")})
-    written = folder.volume("X_0/step_000", torch.rand(2, 3, 4, generator=gen))
+    written = folder.volume("X_0/step_000", torch.rand(2, 3, 4, generator=gen)).result()
     assert written == folder.path / "X_0" / "step_000.nii.gz" and written.is_file()
     assert "hello log" in (folder.path / LOG_NAME).read_text()
     assert yaml.safe_load((folder.path / "args.yaml").read_text()) == {
