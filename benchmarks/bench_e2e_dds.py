@@ -158,7 +158,9 @@ def network_config(args):
 
 def reference_like(net, args):
     """(denoiser, noise source, cuDNN autotuning) of the reference-like configuration."""
-    denoiser = Denoiser(net, slice_batch=REFERENCE_BATCH, precision="fp32", channels_last=False)
+    denoiser = Denoiser(
+        net, slice_batch=REFERENCE_BATCH, precision="fp32", channels_last=False, cuda_graph=False
+    )
     return denoiser, MaterialisedIscsNoise(), False
 
 

@@ -151,11 +151,7 @@ def run_worker(args) -> None:
         op = ConeBeamCT(geometry, views=select_views("SVCT", args.views), device=device)
         y = op.A(gt)
         op_dc, y_dc = distributed.view_parallel(op, y) if args.dc_mode == "views" else (op, y)
-        # As the entry scripts run it: automatic layout, and a CUDA graph on CUDA.
-        denoiser = Denoiser(
-            net, slice_batch=args.slice_batch, precision=args.precision, cuda_graph=device.type == "cuda"
-        )
-        network = Timed(denoiser, device)
+        network = Timed(Denoiser(net, slice_batch=args.slice_batch, precision=args.precision), device)
         denoiser = Timed(distributed.slice_parallel(network), device)
         sigma_min, sigma_max = float(config.model.sigma_min), float(config.model.sigma_max)
 

@@ -49,14 +49,10 @@ def load_prior(prior: PriorSpec, device: torch.device) -> torch.nn.Module:
 
 def make_denoiser(prior: PriorSpec, net: torch.nn.Module):
     """The slice denoiser of ``net`` as ``prior`` says: precision, slice batch, and with ``compile``
-    channels_last, torch.compile and a CUDA graph."""
+    channels_last, torch.compile and a CUDA graph (eager: the Denoiser's automatic layout and graph)."""
     from models import Denoiser
 
-    if prior.compile:
-        fast = {"channels_last": True, "compile": True, "cuda_graph": True}
-    else:
-        # Eager: the layout follows the device (channels_last with Triton); a graph wherever CUDA runs it.
-        fast = {"cuda_graph": next(net.parameters()).device.type == "cuda"}
+    fast = {"channels_last": True, "compile": True, "cuda_graph": True} if prior.compile else {}
     return Denoiser(net, slice_batch=prior.slice_batch, precision=prior.precision, **fast)
 
 

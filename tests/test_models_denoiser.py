@@ -194,3 +194,17 @@ def test_bad_arguments(net):
         Denoiser(net)(torch.zeros(1, 32, 32), 1.0)
     with pytest.raises(ValueError, match="python float or a 0-d tensor"):
         Denoiser(net)(torch.zeros(2, 1, 32, 32), torch.ones(2))
+
+
+def test_cuda_graph_by_default_on_cuda_only(net, recwarn):
+    """cuda_graph=None: a graph on CUDA devices (decided at the first call), unless the compile mode
+    replays graphs itself; none on the CPU, and no warning there."""
+    cpu = Denoiser(net)
+    cpu(torch.rand(3, 1, 8, 8), 0.5)
+    assert cpu.cuda_graph is False and not cpu.fixed_shape and not recwarn.list
+    cuda = Denoiser(net)
+    cuda._resolve_auto(torch.device("cuda", 0))
+    assert cuda.cuda_graph is True and cuda.fixed_shape
+    graphs_itself = Denoiser(net, compile="reduce-overhead")
+    graphs_itself._resolve_auto(torch.device("cuda", 0))
+    assert graphs_itself.cuda_graph is False
