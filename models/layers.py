@@ -235,7 +235,8 @@ class AttnBlock(nn.Module):
 
 def residual_sum(x, h, skip_rescale, bias=None):
     """x + h (+ bias [C] per channel), divided by sqrt(2) when skip_rescale keeps the variance of
-    the sum; one fused pass on channels_last CUDA tensors of one shape and dtype (no gradients)."""
+    the sum; with a bias, one fused pass on channels_last CUDA tensors of one shape and dtype (no
+    gradients)."""
     if (
         bias is not None
         and x.shape == h.shape

@@ -85,6 +85,9 @@ def no_autocast(x: torch.Tensor):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+TRITON_MIN_CAPABILITY = (7, 0)
+"""Oldest CUDA compute capability Triton generates code for."""
+
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 """Dtypes of the Triton kernels for channels_last tensors."""
 
@@ -99,12 +102,15 @@ def triton_kernels(name: str):
 
 
 def triton_supported(device) -> bool:
-    """Whether the Triton kernels for channels_last tensors run on the device: CUDA, Triton
-    importable, ISCS_OPS_FORCE_TORCH not set."""
+    """Whether the Triton kernels for channels_last tensors run on the device: CUDA of compute
+    capability TRITON_MIN_CAPABILITY or newer, Triton importable, ISCS_OPS_FORCE_TORCH not set."""
+    device = torch.device(device)
     return (
-        torch.device(device).type == "cuda"
+        device.type == "cuda"
         and not torch_path_forced()
         and triton_kernels("channels_last_triton") is not None
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device) >= TRITON_MIN_CAPABILITY
     )
 
 

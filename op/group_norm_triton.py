@@ -8,8 +8,6 @@ Rows of channels_last memory are pixels, each holding its C channels side by sid
 read full rows: coalesced, with no layout conversion.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -80,9 +78,9 @@ def _apply_kernel(
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-@functools.lru_cache(maxsize=64)
 def _span_counts(hw, span, splits, device):
-    """Pixels in each span [splits] (fp32), kept on the device."""
+    """Pixels in each span [splits] (fp32), made on the device at every call: a cached tensor could
+    be freed under a CUDA graph that captured its address."""
     return (hw - torch.arange(splits, device=device) * span).clamp(0, span).float()
 
 
