@@ -10,6 +10,8 @@ own process, so every "cold" compile starts from an empty cache folder and a fre
      first call (compile + capture) with an EMPTY cache folder, then again in a second process on
      the same folder (warm): regional cold and warm, then full cold and warm; s/slice and peak memory;
   3. compiled + CUDA graph at the other chunk sizes (regional, then full), while time remains.
+cuDNN picks its algorithms by heuristics, as in the entry scripts, unless --cudnn-benchmark;
+--eager-only stops after step 1.
 Then it prints the knee (smallest chunk within KNEE_TOLERANCE of the best s/slice), KNEE_PIXELS, the
 compile scope to make the default, and should_compile's constants, as Python lines for
 models/denoiser.py. Full results: $OUT/bench_denoiser.json.
@@ -48,6 +50,13 @@ from models.denoiser import COMPILE_SCOPES  # noqa: E402
 from utils.device import default_device, device_name, synchronize  # noqa: E402
 from utils.io import write_text  # noqa: E402
 
+EAGER_PATHS = {
+    "eager": (False, False),
+    "eager channels_last": (True, False),
+    "eager channels_last+graph": (True, True),
+}
+"""Eager path -> (channels_last, CUDA graph); the entry scripts run the last one on CUDA with Triton."""
+
 KNEE_TOLERANCE = 0.05
 """A chunk is at the knee when its s/slice is within this fraction of the best chunk's."""
 
@@ -75,9 +84,25 @@ def parse_args(argv=None):
         help="torch.compile backend ('eager': tracing only, for CPU smoke runs)",
     )
     parser.add_argument(
+        "--paths",
+        default=",".join(EAGER_PATHS),
+        help=f"eager paths to measure, comma list of: {', '.join(EAGER_PATHS)}",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="let cuDNN time its algorithms (off: as the entry scripts run)",
+    )
+    parser.add_argument("--eager-only", action="store_true", help="measure the eager paths only, no compilation")
+    parser.add_argument(
         "--worker", choices=("eager", "regional", "full"), default=None, help=argparse.SUPPRESS
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.paths.split(",")) - set(EAGER_PATHS))
+    if unknown:
+        parser.error(f"--paths: unknown {', '.join(unknown)}; accepted: {', '.join(EAGER_PATHS)}")
+    return args
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,7 +154,7 @@ def worker(args):
         torch.compile = lambda module, mode=None, dynamic=None: real_compile(
             module, backend=args.backend, dynamic=dynamic
         )
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     config = make_config(args)
     net = random_network(config, args.seed).to(device)
     graph = device.type == "cuda"
@@ -141,15 +166,17 @@ def worker(args):
             x = torch.rand(chunk, config.data.num_channels, size, size, device=device)
             per_slice = probe.measure_bytes_per_slice(x) if graph else float("nan")
             estimate = per_slice * chunk * denoiser_module.PROBE_MARGIN
-            # (layout, CUDA graph): the entry scripts' eager path is contiguous without a graph.
-            paths = {"eager": (False, False), "eager channels_last": (True, False)}
-            if graph:
-                paths["eager channels_last+graph"] = (True, True)
-            for path, (channels_last, cuda_graph) in paths.items():
+            for path in args.paths.split(","):
+                channels_last, cuda_graph = EAGER_PATHS[path]
+                if cuda_graph and not graph:
+                    continue
                 denoiser = Denoiser(
                     net, slice_batch=chunk, precision="bf16", channels_last=channels_last, cuda_graph=cuda_graph
                 )
-                measured_row(path, denoiser, chunk, config, args, device, probe_bytes=estimate)
+                measured_row(
+                    path, denoiser, chunk, config, args, device, probe_bytes=estimate,
+                    cudnn_benchmark=args.cudnn_benchmark,
+                )
                 del denoiser
         return 0
     for chunk in chunks:
@@ -189,10 +216,11 @@ def run_worker(args, kind, chunks, cache, deadline, label):
         "--chunks",
         ",".join(map(str, chunks)),
     ]
-    for name in ("config", "device", "image_size", "nf", "seed", "repeats", "backend"):
+    for name in ("config", "device", "image_size", "nf", "seed", "repeats", "backend", "paths"):
         value = getattr(args, name)
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
+    command.append("--cudnn-benchmark" if args.cudnn_benchmark else "--no-cudnn-benchmark")
     start = time.monotonic()
     # A session of its own, so that a worker stopped at the deadline takes its compile workers along.
     process = subprocess.Popen(
@@ -337,6 +365,8 @@ def main(argv=None):
             ("regional", others, "regional", "regional sweep"),
             ("full", others, "full", "full sweep"),
         ]
+        if args.eager_only:
+            plan = plan[:1]
         for kind, worker_chunks, cache, label in plan:
             if worker_chunks:
                 new_rows, statuses[label] = run_worker(

@@ -121,8 +121,8 @@ NOISE_LABELS = {"none": "", "iid": "", "iscs": "+ISCS", "shared": "+shared"}
 # Settings that the tuned weights depend on; the tuning file must match them.
 TUNING_KEYS = ("size", "depth", "nfe", "num_cg", "w_tik", "renoise", "admm_iter", "checkpoints")
 # Settings that may differ between the records of one results file: each record names its prior
-# (and its key holds the prior's hash) and the precision it ran at.
-PER_RECORD_SETTINGS = ("checkpoints", "precision")
+# (and its key holds the prior's hash), the precision it ran at and whether it was compiled.
+PER_RECORD_SETTINGS = ("checkpoints", "precision", "compile")
 
 
 @dataclass(frozen=True)
@@ -461,7 +461,7 @@ class Evaluation:
         precision = self.settings["precision"]
         if precision == "auto":
             precision = default_precision(self.device)
-        return PriorSpec(checkpoint=self.checkpoints[name], precision=precision)
+        return PriorSpec(checkpoint=self.checkpoints[name], precision=precision, compile=self.settings.get("compile"))
 
     def net(self, name: str) -> torch.nn.Module:
         """The score network of prior ``name`` (loaded on first use)."""
@@ -598,6 +598,7 @@ class Evaluation:
             "checkpoint": self.checkpoints[prior].name if sampling else None,
             "checkpoint_sha256": self.hashes[prior] if sampling else None,
             "precision": ran.prior.precision if sampling else None,
+            "compile": ran.prior.compile if sampling else None,
             "pinv": ran.method.pinv,
         }
 
@@ -681,7 +682,7 @@ class Evaluation:
         metrics["abs_delta_slices"] = _slice_gap(problem.to_stack(recon), problem.to_stack(gt))
         ran = replace(
             spec,
-            prior=replace(spec.prior, precision=used["precision"]),
+            prior=replace(spec.prior, precision=used["precision"], compile=used["compile"]),
             method=replace(spec.method, pinv=used["pinv"]),
         )
         return Outcome(recon, gt, self._record(case, weight, metrics, seconds, "entry script", ran))
@@ -849,6 +850,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         "renoise": args.renoise,
         "admm_iter": args.admm_iter,
         "precision": args.precision,
+        "compile": args.compile,
         # File names, not paths, so that a run resumes on a machine with another checkout path.
         "checkpoints": {"ct": args.ct_checkpoint.name, "mri": args.mri_checkpoint.name},
     }
@@ -917,6 +919,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(*PRECISIONS, "auto"),
         default="auto",
         help="network precision; auto: the entry scripts' default (bf16 on CUDA, fp32 on the CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the network compiled (--compile) or eager (--no-compile); unset: the entry scripts' rule",
     )
     parser.add_argument("--size", type=positive_int, default=128, help="volume side in voxels (cubes)")
     parser.add_argument("--depth", type=positive_int, default=None, help="CT slices (default: --size)")

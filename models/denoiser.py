@@ -26,7 +26,7 @@ import torch
 from models.layers import AttnBlock, ResnetBlockBigGAN, ResnetBlockDDPM
 from models.precision import PRECISIONS, autocast
 from op._extension import triton_supported
-from utils.device import synchronize
+from utils.device import on_device, synchronize
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile modes the denoiser accepts (as compile=<mode>: the whole network in that mode)."""
@@ -47,12 +47,12 @@ REGIONAL_BLOCKS = (ResnetBlockBigGAN, ResnetBlockDDPM, AttnBlock)
 CPU_SLICE_BATCH = 4
 """Slices per chunk on the CPU, where memory is not the limit."""
 
-KNEE_PIXELS = 16 * 256 * 256
+KNEE_PIXELS = 32 * 256 * 256
 """Pixels per network call (slices x H x W) from which the GPU runs the network at full throughput
-(the knee): automatic chunks hold at most KNEE_PIXELS // (H W) slices, 16 for 256 x 256 planes.
-Bigger chunks buy no speed, compile longer and hold more memory. Measured by
-benchmarks/bench_denoiser.py on an H200 (eager bf16 + CUDA graph: 11.50 ms/slice at 16 slices,
-11.35 at 64; BENCHMARKS.md)."""
+(the knee): automatic chunks hold at most KNEE_PIXELS // (H W) slices, 32 for 256 x 256 planes.
+Bigger chunks buy under 5 %, compile longer and hold more memory. Measured by
+benchmarks/bench_denoiser.py on an H200 (the CUDA default, bf16 channels_last with the Triton
+kernels in a CUDA graph: 4.15 ms/slice at 16 slices, 3.97 at 32, 3.89 at 64; BENCHMARKS.md)."""
 
 PROBE_SLICES = 8
 """Slices of the probe call that measures one slice's peak memory."""
@@ -72,8 +72,8 @@ RESERVE_FIXED_BYTES = 2 * 2**30
 # the pixels of a plane. benchmarks/bench_network.py measures them; BENCHMARKS.md has the runs.
 EAGER_S_PER_SLICE_256 = 4.0e-3
 """Seconds per slice of the eager bf16 network as the entry scripts run it on CUDA with Triton:
-channels_last, op's Triton kernels, replayed in a CUDA graph, 16 slices per call (bench_network
-variant bf16w-cl-graph: 4.00 ms on an H200)."""
+channels_last, op's Triton kernels, replayed in a CUDA graph (bench_network variant bf16w-cl-graph:
+4.00 ms at 16 slices on an H200; bench_denoiser: 3.97 ms at the default 32)."""
 
 EAGER_NCHW_S_PER_SLICE_256 = 8.0e-3
 """... and without Triton, where the eager network runs NCHW with the library kernels (bench_network
@@ -428,12 +428,16 @@ class Denoiser:
         synchronize(x.device)
         base = torch.cuda.memory_allocated(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
-        with torch.no_grad(), autocast(x.device.type, self.precision):
+        with on_device(x), torch.no_grad(), autocast(x.device.type, self.precision):
             self._eager_call(chunk, sigma)
         synchronize(x.device)
         return (torch.cuda.max_memory_allocated(x.device) - base) / chunk.shape[0]
 
     def _run(self, x, sigma, denoise):
+        with on_device(x):
+            return self._run_chunks(x, sigma, denoise)
+
+    def _run_chunks(self, x, sigma, denoise):
         if x.dim() != 4:
             raise ValueError(f"Denoiser: x must be a slice stack [N, C, H, W], got shape {tuple(x.shape)}")
         if isinstance(sigma, torch.Tensor):

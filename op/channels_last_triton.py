@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from utils.device import on_device
+
 TILE_ELEMENTS = 8192
 """Pixels x channels per program."""
 
@@ -21,9 +23,11 @@ def _upfirdn2d_kernel(
     UP: tl.constexpr, DOWN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    sample = tl.program_id(0)
-    pixels = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # Samples and pixel tiles share axis 0 (up to 2^31 - 1 programs; axis 1 stops at 65535).
+    tiles = tl.cdiv(out_height * out_width, BLOCK_P)
+    sample = tl.program_id(0) // tiles
+    pixels = (tl.program_id(0) % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < channels
     pixel_ok = pixels < out_height * out_width
     oy = pixels // out_width
@@ -63,11 +67,12 @@ def upfirdn2d(x, kernel, up, down, pads):
     y = torch.empty((n, c, out_h, out_w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     taps = kernel.to(device=x.device, dtype=torch.float32).contiguous()
     block_p, block_c = _blocks(c)
-    grid = (n, triton.cdiv(out_h * out_w, block_p), triton.cdiv(c, block_c))
-    _upfirdn2d_kernel[grid](
-        x, taps, y, h, w, out_h, out_w, c, py0, px0,
-        UP=up, DOWN=down, KH=kh, KW=kw, BLOCK_P=block_p, BLOCK_C=block_c,
-    )
+    grid = (n * triton.cdiv(out_h * out_w, block_p), triton.cdiv(c, block_c))
+    with on_device(x):
+        _upfirdn2d_kernel[grid](
+            x, taps, y, h, w, out_h, out_w, c, py0, px0,
+            UP=up, DOWN=down, KH=kh, KW=kw, BLOCK_P=block_p, BLOCK_C=block_c,
+        )
     return y
 
 
@@ -85,7 +90,8 @@ def residual_sum(x, h, bias, scale):
     """(x + h + bias[None, :, None, None]) * scale for channels_last CUDA tensors x, h of one shape."""
     y = torch.empty_like(x, memory_format=torch.channels_last)
     total = x.numel()
-    _residual_kernel[(triton.cdiv(total, TILE_ELEMENTS),)](
-        x, h, bias.to(torch.float32).contiguous(), y, total, x.shape[1], float(scale), BLOCK=TILE_ELEMENTS
-    )
+    with on_device(x):
+        _residual_kernel[(triton.cdiv(total, TILE_ELEMENTS),)](
+            x, h, bias.to(torch.float32).contiguous(), y, total, x.shape[1], float(scale), BLOCK=TILE_ELEMENTS
+        )
     return y

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from utils.device import on_device
 from op.group_norm import group_scale_shift
 
 BLOCK_C = 128
@@ -63,9 +64,11 @@ def _apply_kernel(
     x_ptr, y_ptr, scale_ptr, shift_ptr, hw, channels,
     SILU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    sample = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # Samples and pixel tiles share axis 0 (up to 2^31 - 1 programs; axis 1 stops at 65535).
+    tiles = tl.cdiv(hw, BLOCK_P)
+    sample = tl.program_id(0) // tiles
+    rows = (tl.program_id(0) % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < channels
     ok = (rows < hw)[:, None] & col_ok[None, :]
     scale = tl.load(scale_ptr + sample * channels + cols, mask=col_ok, other=0.0)
@@ -94,15 +97,17 @@ def group_norm_act(x, groups, weight, bias, eps, silu=False, pre_bias=None):
     splits = triton.cdiv(hw, span)
     means = torch.empty(n, splits, c, device=x.device, dtype=torch.float32)
     m2s = torch.empty_like(means)
-    _stats_kernel[(n, splits, channel_blocks)](
-        x, means, m2s, hw, c, span, splits, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
-    )
+    with on_device(x):
+        _stats_kernel[(n, splits, channel_blocks)](
+            x, means, m2s, hw, c, span, splits, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
+        )
     counts = _span_counts(hw, span, splits, x.device)[:, None]
     mean = (means * counts).sum(dim=1) / hw
     var = (m2s + counts * (means - mean[:, None]).square()).sum(dim=1) / hw
     scale, shift = group_scale_shift(mean, var, groups, weight, bias, eps, pre_bias)
     y = torch.empty_like(x)
-    _apply_kernel[(n, triton.cdiv(hw, BLOCK_P), channel_blocks)](
-        x, y, scale.contiguous(), shift.contiguous(), hw, c, SILU=bool(silu), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
-    )
+    with on_device(x):
+        _apply_kernel[(n * triton.cdiv(hw, BLOCK_P), channel_blocks)](
+            x, y, scale.contiguous(), shift.contiguous(), hw, c, SILU=bool(silu), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
+        )
     return y

@@ -37,7 +37,10 @@ def make_device(spec: RunSpec) -> torch.device:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise ValueError("--device cuda: no CUDA GPU is available here; accepted: --device cpu")
-    return torch.device("cuda", distributed.cuda_index(spec.gpu, count))
+    device = torch.device("cuda", distributed.cuda_index(spec.gpu, count))
+    # CUDA work that names no device (Triton launches, graph capture, compiled code) goes to --gpu's.
+    torch.cuda.set_device(device)
+    return device
 
 
 def load_prior(prior: PriorSpec, device: torch.device) -> torch.nn.Module:

@@ -183,12 +183,19 @@ class RunFolder:
             array = array.detach().to("cpu", copy=True)
         else:
             array = np.array(array, copy=True)
+        self.raise_failed()
         while len(self._pending) >= PENDING_VOLUMES:
             self._pending.popleft().result()
         path, meta = self.path / f"{name}.nii.gz", self.meta if meta is None else meta
         future = self._writer.submit(write_volume, path, array, meta, **display)
         self._pending.append(future)
         return future
+
+    def raise_failed(self) -> None:
+        """Raise the error of a queued write that has already failed, without waiting for the others."""
+        for future in self._pending:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
 
     def flush(self) -> None:
         """Wait for every queued volume; raise the first write's error, after all have ended."""
@@ -237,6 +244,11 @@ class RunFolder:
         self.flush()
         self._writer.shutdown()
         (self.path / MARKER).unlink()
+
+    def abandon(self) -> None:
+        """Drop the queued volumes that have not started (a stopped run does not wait for them)."""
+        self._pending.clear()
+        self._writer.shutdown(wait=False, cancel_futures=True)
 
     def fail(self, message: str) -> None:
         """Keep the folder marked incomplete, with the reason (the marker is replaced atomically)."""

@@ -297,6 +297,8 @@ def _execute(run: Run) -> None:
     for name, stack in baselines.stacks.items():
         _write(run, name, problem.to_volume(stack), f"baseline {name}")
 
+    # A volume that already failed to write ends the run now, not after the reconstruction.
+    folder.raise_failed()
     with _stage(f"reconstruction ({spec.method.name})"):
         recon = factory.reconstruct(
             spec,
@@ -406,10 +408,13 @@ def _run(
         reason = _describe_failure(err)
         log.error("run failed: %s (the folder stays marked INCOMPLETE; see %s)", reason, LOG_NAME)
         log.debug("traceback", exc_info=True)
-        # The queued volumes end first; a folder whose reason cannot be written (a full disk) keeps
-        # its first INCOMPLETE marker.
+        # The queued volumes end first (a stopped run drops those not started); a folder whose
+        # reason cannot be written (a full disk) keeps its first INCOMPLETE marker.
         with contextlib.suppress(Exception):
-            folder.flush()
+            if isinstance(err, KeyboardInterrupt):
+                folder.abandon()
+            else:
+                folder.flush()
         with contextlib.suppress(OSError):
             folder.fail(reason)
         raise

@@ -1,5 +1,7 @@
 """utils.device: the default device, its readable name and synchronisation."""
 
+from types import SimpleNamespace
+
 import torch
 
 from utils import device
@@ -28,3 +30,26 @@ def test_synchronize_on_cpu_returns_without_touching_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "synchronize", refuse)
     device.synchronize("cpu")
+
+
+def test_on_device_is_a_no_op_for_cpu_tensors_and_names_the_gpu_otherwise(monkeypatch):
+    entered = []
+
+    class Recorder:
+        def __init__(self, where):
+            self.where = where
+
+        def __enter__(self):
+            entered.append(self.where)
+
+        def __exit__(self, *_):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    with device.on_device(torch.zeros(1)):
+        pass
+    assert entered == []
+    gpu_tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    with device.on_device(gpu_tensor):
+        pass
+    assert entered == [torch.device("cuda", 1)]

@@ -73,7 +73,7 @@ def test_chunk_size_on_cpu_is_fixed(net):
 
 
 def test_knee_and_memory_fit():
-    assert knee_slices(256, 256) == 16 and knee_slices(128, 128) == 64 and knee_slices(4096, 4096) == 1
+    assert knee_slices(256, 256) == 32 and knee_slices(128, 128) == 128 and knee_slices(4096, 4096) == 1
     assert knee_slices(100, 100) == KNEE_PIXELS // 10_000
     gib, mib = 2**30, 2**20
     # 100 MiB a slice with the 1.25 margin: 10 GiB hold 81 slices, capped at the knee; 1 GiB holds 8.

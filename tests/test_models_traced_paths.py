@@ -52,3 +52,29 @@ def test_ncsnpp_traces_in_one_graph_with_the_same_numbers(gen):
         expected = net(x, sigma)
         traced = torch.compile(net, backend="eager", fullgraph=True, dynamic=False)(x, sigma)
     torch.testing.assert_close(traced, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("progressive_input", ["residual", "input_skip", "none"])
+def test_under_autocast_the_input_image_is_convolved_in_fp32(gen, progressive_input):
+    """Under bf16 autocast, exactly the convolutions that read the input image compute in fp32 (their
+    output is fp32 before it is handed on in bf16); every other one in bf16; one graph still."""
+    net = build_model(
+        tiny_config(progressive_input=progressive_input), generator=torch.Generator().manual_seed(3)
+    ).eval()
+    x, sigma = tiny_inputs(gen)
+    outputs = {}
+
+    def record(module, args, output):
+        outputs.setdefault(module, output.dtype)
+
+    for module in net.modules():
+        if type(module).__name__ in ("Conv2d", "FIRConv2d"):
+            module.register_forward_hook(record)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = net(x, sigma)
+        traced = torch.compile(net, backend="eager", fullgraph=True, dynamic=False)(x, sigma)
+    in_fp32 = [module for module, dtype in outputs.items() if dtype == torch.float32]
+    assert {module.weight.shape[1] for module in in_fp32} == {x.shape[1]}
+    assert len(in_fp32) == {"residual": 2, "input_skip": 3, "none": 1}[progressive_input]
+    assert all(dtype in (torch.float32, torch.bfloat16) for dtype in outputs.values())
+    torch.testing.assert_close(traced, eager)

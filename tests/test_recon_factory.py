@@ -141,3 +141,14 @@ def test_problem_specs_validate_their_task_and_parameter():
     assert problem.parameter == 90 and problem.folder_options() == {"s": "all", "sino": 1e4}
     with pytest.raises(TypeError):
         CBCTProblem("LACT", Path("v.nii.gz"))
+
+
+def test_make_device_makes_the_chosen_gpu_current(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    problem = ZSRProblem(task="ZSR", data=Path("volume.nii.gz"), factor=2)
+    spec = RunSpec(problem, PriorSpec(Path("prior.pt")), MethodSpec(), NoiseSpec("iid", {}), device="cuda", gpu=1)
+    assert factory.make_device(spec) == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]

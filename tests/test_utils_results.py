@@ -54,6 +54,40 @@ def test_folder_writes_volumes_behind_and_never_completes_with_a_failed_one(tmp_
         np.testing.assert_array_equal(read_volume(future.result())[0], expected.numpy())
 
 
+def test_a_failed_write_surfaces_at_the_next_volume_without_waiting(tmp_path, gen):
+    folder = RunFolder(create_run_dir(tmp_path, NOW), None)
+    folder.volume("flat", torch.zeros(3, 4)).exception()  # failed, and finished
+    with pytest.raises(ValueError, match="3D"):
+        folder.raise_failed()
+    with pytest.raises(ValueError, match="3D"):
+        folder.volume("next", torch.rand(2, 3, 4, generator=gen))
+    assert not list(folder.path.glob("next*"))
+
+
+def test_abandon_drops_the_volumes_not_started(tmp_path, gen, monkeypatch):
+    import threading
+
+    import recon.results as results
+
+    started, release = threading.Event(), threading.Event()
+    real_write = results.write_volume
+
+    def slow_write(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(results, "write_volume", slow_write)
+    folder = RunFolder(create_run_dir(tmp_path, NOW), None)
+    futures = [folder.volume(f"v{i}", torch.rand(2, 3, 4, generator=gen)) for i in range(3)]
+    assert started.wait(10)  # the first write is running; the other two wait in the queue
+    folder.abandon()
+    release.set()
+    futures[0].result()
+    assert all(future.cancelled() for future in futures[1:])
+    assert sorted(p.name.split(".")[0] for p in folder.path.glob("v*")) == ["v0"]
+
+
 def test_folder_writes_and_marks(tmp_path, gen):
     meta = {"spacing": (0.5, 0.5, 2.0), "origin": (1.0, 2.0, 3.0), "direction": tuple(np.eye(3).ravel())}
     folder = RunFolder(create_run_dir(tmp_path, NOW), meta)

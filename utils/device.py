@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 from typing import Union
@@ -41,3 +42,9 @@ def synchronize(device: DeviceLike) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def on_device(tensor: torch.Tensor):
+    """A context in which CUDA work that names no device (Triton launches, CUDA graph capture,
+    new streams) goes to ``tensor``'s GPU rather than the current one (no-op for CPU tensors)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
