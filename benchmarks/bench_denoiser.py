@@ -170,6 +170,8 @@ def worker(args):
                 channels_last, cuda_graph = EAGER_PATHS[path]
                 if cuda_graph and not graph:
                     continue
+                # The Denoiser converts the weights to channels_last but never back.
+                net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 denoiser = Denoiser(
                     net, slice_batch=chunk, precision="bf16", channels_last=channels_last, cuda_graph=cuda_graph
                 )

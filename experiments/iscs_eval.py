@@ -598,7 +598,7 @@ class Evaluation:
             "checkpoint": self.checkpoints[prior].name if sampling else None,
             "checkpoint_sha256": self.hashes[prior] if sampling else None,
             "precision": ran.prior.precision if sampling else None,
-            "compile": ran.prior.compile if sampling else None,
+            "compile": bool(ran.prior.compile) if sampling else None,
             "pinv": ran.method.pinv,
         }
 

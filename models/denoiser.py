@@ -434,10 +434,6 @@ class Denoiser:
         return (torch.cuda.max_memory_allocated(x.device) - base) / chunk.shape[0]
 
     def _run(self, x, sigma, denoise):
-        with on_device(x):
-            return self._run_chunks(x, sigma, denoise)
-
-    def _run_chunks(self, x, sigma, denoise):
         if x.dim() != 4:
             raise ValueError(f"Denoiser: x must be a slice stack [N, C, H, W], got shape {tuple(x.shape)}")
         if isinstance(sigma, torch.Tensor):
@@ -452,7 +448,8 @@ class Denoiser:
         self._resolve_auto(x.device)
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         # A graph must not replay casts that the autocast cache frees when the region ends.
-        with torch.no_grad(), autocast(x.device.type, self.precision, cache_enabled=not self.cuda_graph):
+        cast = autocast(x.device.type, self.precision, cache_enabled=not self.cuda_graph)
+        with on_device(x), torch.no_grad(), cast:
             size = self.chunk_size(x)
             start = 0
             while start < x.shape[0]:

@@ -244,7 +244,9 @@ def from_image(module, image, *features):
     channels with independent rounding, which the next convolution averages down.
     """
     device_type = image.device.type
-    if not torch.is_autocast_enabled(device_type):
+    weight = next(module.parameters(), None)
+    # Weights stored in a low precision (bench_network's bf16w variants) run as they are.
+    if not torch.is_autocast_enabled(device_type) or (weight is not None and weight.dtype != torch.float32):
         return module(image, *features)
     with torch.autocast(device_type, enabled=False):
         out = module(image.float(), *(feature.float() for feature in features))

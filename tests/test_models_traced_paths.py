@@ -78,3 +78,12 @@ def test_under_autocast_the_input_image_is_convolved_in_fp32(gen, progressive_in
     assert len(in_fp32) == {"residual": 2, "input_skip": 3, "none": 1}[progressive_input]
     assert all(dtype in (torch.float32, torch.bfloat16) for dtype in outputs.values())
     torch.testing.assert_close(traced, eager)
+
+
+def test_a_network_with_bf16_weights_runs_as_it_is_under_autocast(gen):
+    """Weights stored in bf16 (bench_network's bf16w variants) are not fed an fp32 image."""
+    net = build_model(tiny_config(), generator=torch.Generator().manual_seed(3)).eval()
+    x, sigma = tiny_inputs(gen)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        score = net.to(torch.bfloat16)(x, sigma)
+    assert score.shape == x.shape and torch.isfinite(score).all()
