@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from utils.device import on_device
+from utils.device import on_input_device
 
 TILE_ELEMENTS = 8192
 """Pixels x channels per program."""
@@ -57,6 +57,7 @@ def _blocks(channels):
     return TILE_ELEMENTS // block_c, block_c
 
 
+@on_input_device
 def upfirdn2d(x, kernel, up, down, pads):
     """op.upfirdn2d on a channels_last CUDA tensor x with checked arguments; pads (x0, x1, y0, y1)."""
     px0, px1, py0, py1 = pads
@@ -68,11 +69,10 @@ def upfirdn2d(x, kernel, up, down, pads):
     taps = kernel.to(device=x.device, dtype=torch.float32).contiguous()
     block_p, block_c = _blocks(c)
     grid = (n * triton.cdiv(out_h * out_w, block_p), triton.cdiv(c, block_c))
-    with on_device(x):
-        _upfirdn2d_kernel[grid](
-            x, taps, y, h, w, out_h, out_w, c, py0, px0,
-            UP=up, DOWN=down, KH=kh, KW=kw, BLOCK_P=block_p, BLOCK_C=block_c,
-        )
+    _upfirdn2d_kernel[grid](
+        x, taps, y, h, w, out_h, out_w, c, py0, px0,
+        UP=up, DOWN=down, KH=kh, KW=kw, BLOCK_P=block_p, BLOCK_C=block_c,
+    )
     return y
 
 
@@ -86,12 +86,12 @@ def _residual_kernel(x_ptr, h_ptr, bias_ptr, y_ptr, total, channels, scale, BLOC
     tl.store(y_ptr + offsets, ((x + h + bias) * scale).to(y_ptr.dtype.element_ty), mask=ok)
 
 
+@on_input_device
 def residual_sum(x, h, bias, scale):
     """(x + h + bias[None, :, None, None]) * scale for channels_last CUDA tensors x, h of one shape."""
     y = torch.empty_like(x, memory_format=torch.channels_last)
     total = x.numel()
-    with on_device(x):
-        _residual_kernel[(triton.cdiv(total, TILE_ELEMENTS),)](
-            x, h, bias.to(torch.float32).contiguous(), y, total, x.shape[1], float(scale), BLOCK=TILE_ELEMENTS
-        )
+    _residual_kernel[(triton.cdiv(total, TILE_ELEMENTS),)](
+        x, h, bias.to(torch.float32).contiguous(), y, total, x.shape[1], float(scale), BLOCK=TILE_ELEMENTS
+    )
     return y

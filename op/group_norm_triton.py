@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from utils.device import on_device
 from op.group_norm import group_scale_shift
+from utils.device import on_input_device
 
 BLOCK_C = 128
 """Channels per program (a grid axis covers the rest)."""
@@ -87,6 +87,7 @@ def _span_counts(hw, span, splits, device):
     return (hw - torch.arange(splits, device=device) * span).clamp(0, span).float()
 
 
+@on_input_device
 def group_norm_act(x, groups, weight, bias, eps, silu=False, pre_bias=None):
     """op.group_norm.group_norm_act on a channels_last CUDA tensor x (checked by the caller)."""
     n, c, h, w = x.shape
@@ -97,17 +98,15 @@ def group_norm_act(x, groups, weight, bias, eps, silu=False, pre_bias=None):
     splits = triton.cdiv(hw, span)
     means = torch.empty(n, splits, c, device=x.device, dtype=torch.float32)
     m2s = torch.empty_like(means)
-    with on_device(x):
-        _stats_kernel[(n, splits, channel_blocks)](
-            x, means, m2s, hw, c, span, splits, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
-        )
+    _stats_kernel[(n, splits, channel_blocks)](
+        x, means, m2s, hw, c, span, splits, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
+    )
     counts = _span_counts(hw, span, splits, x.device)[:, None]
     mean = (means * counts).sum(dim=1) / hw
     var = (m2s + counts * (means - mean[:, None]).square()).sum(dim=1) / hw
     scale, shift = group_scale_shift(mean, var, groups, weight, bias, eps, pre_bias)
     y = torch.empty_like(x)
-    with on_device(x):
-        _apply_kernel[(n * triton.cdiv(hw, BLOCK_P), channel_blocks)](
-            x, y, scale.contiguous(), shift.contiguous(), hw, c, SILU=bool(silu), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
-        )
+    _apply_kernel[(n * triton.cdiv(hw, BLOCK_P), channel_blocks)](
+        x, y, scale.contiguous(), shift.contiguous(), hw, c, SILU=bool(silu), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C
+    )
     return y

@@ -32,7 +32,6 @@ forward, the gather and the scatter round every shared operation alike.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Tuple
 
@@ -40,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from utils.device import on_device
+from utils.device import on_input_device
 
 # Forward: (rows, columns) of detector cells per program, and warps per program.
 FORWARD_TILE = (8, 16)
@@ -361,17 +360,6 @@ def _fixed_to_float_kernel(acc_ptr, x_ptr, fixed_ptr, numel, BLOCK_SIZE: tl.cons
     tl.store(x_ptr + offs, (acc.to(tl.float64) / tl.load(fixed_ptr)).to(tl.float32), mask=mask)
 
 
-def _on_input_device(fn):
-    """Run fn with its first argument's GPU current: Triton launches on the current device."""
-
-    @functools.wraps(fn)
-    def run(tensor, *args, **kwargs):
-        with on_device(tensor):
-            return fn(tensor, *args, **kwargs)
-
-    return run
-
-
 def _check(t: torch.Tensor) -> None:
     if t.dtype != torch.float32:
         raise TypeError(
@@ -434,7 +422,7 @@ def gather_plan(geo: torch.Tensor, det_shape: Tuple[int, int], vol_shape) -> "Ga
     return GatherPlan(slack, rows_max)
 
 
-@_on_input_device
+@on_input_device
 def forward(
     volume: torch.Tensor,
     vecs: torch.Tensor,
@@ -492,7 +480,7 @@ def _to_float(acc: torch.Tensor, fixed: torch.Tensor, combine) -> torch.Tensor:
     return out
 
 
-@_on_input_device
+@on_input_device
 def adjoint(
     proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
 ) -> torch.Tensor:
@@ -513,7 +501,7 @@ def adjoint(
     return _gather(proj, geo, plan, vol_shape, voxel_size, ray_bound, combine, GATHER_SLICES, GATHER_WARPS)
 
 
-@_on_input_device
+@on_input_device
 def adjoint_gather(
     proj: torch.Tensor,
     vecs: torch.Tensor,
@@ -541,7 +529,7 @@ def adjoint_gather(
     return _gather(proj, geo, plan, vol_shape, voxel_size, ray_bound, combine, slices, num_warps)
 
 
-@_on_input_device
+@on_input_device
 def adjoint_scatter(
     proj: torch.Tensor, vecs: torch.Tensor, vol_shape, voxel_size: float, ray_bound=None, combine=None
 ) -> torch.Tensor:

@@ -21,7 +21,7 @@ import shlex
 import subprocess
 import sys
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
@@ -199,11 +199,11 @@ class RunFolder:
 
     def flush(self) -> None:
         """Wait for every queued volume; raise the first write's error, after all have ended."""
-        pending, self._pending = list(self._pending), deque()
-        errors = [future.exception() for future in pending]
-        first = next((error for error in errors if error is not None), None)
-        if first is not None:
-            raise first
+        wait(self._pending)
+        try:
+            self.raise_failed()
+        finally:
+            self._pending.clear()
 
     def yaml(self, name: str, content: Mapping[str, Any]) -> Path:
         """Write ``content`` as YAML (paths as strings, keys in the given order)."""

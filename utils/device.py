@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from pathlib import Path
 from typing import Union
@@ -48,3 +49,15 @@ def on_device(tensor: torch.Tensor):
     """A context in which CUDA work that names no device (Triton launches, CUDA graph capture,
     new streams) goes to ``tensor``'s GPU rather than the current one (no-op for CPU tensors)."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def on_input_device(fn):
+    """fn, run under on_device(its first argument): for launchers, such as Triton's, that launch
+    on the current device."""
+
+    @functools.wraps(fn)
+    def run(tensor, *args, **kwargs):
+        with on_device(tensor):
+            return fn(tensor, *args, **kwargs)
+
+    return run
